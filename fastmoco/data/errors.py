@@ -1,0 +1,2 @@
+class DataError(ValueError):
+    """Missing, empty or unreadable data; the CLI prints it as one line."""

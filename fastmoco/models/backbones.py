@@ -1,0 +1,92 @@
+"""Backbones: torchvision's ResNet built at any base width, with an optional small-image stem.
+
+The network *is* a ``torchvision.models.ResNet`` (same blocks, same ``_make_layer``, same parameter names), so at
+width 64 with the ImageNet stem and 3 input channels its state_dict loads into ``torchvision.models.resnetXX()``.
+"""
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+ARCHS = {
+    "resnet10": (BasicBlock, [1, 1, 1, 1]),  # not in torchvision: a CPU-sized ResNet-18 with one block per stage
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+STEMS = ("small", "small-s2", "imagenet")
+
+
+class WideResNet(ResNet):
+    """torchvision ResNet with base width ``width`` (64 = the standard nets) and a choice of stem.
+
+    stem "imagenet": 7x7/2 conv + max-pool (torchvision's); "small": 3x3/1 conv, no pool (CIFAR/MNIST-sized
+    inputs); "small-s2": 3x3/2 conv, no pool (a quarter of the compute at 28 px). ``fc`` is Identity: the forward
+    returns (N, feat_dim) pooled features.
+    """
+
+    def __init__(self, arch: str = "resnet18", width: int = 64, stem: str = "small", in_channels: int = 3,
+                 norm_layer=None):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        nn.Module.__init__(self)
+        block, layers = ARCHS[arch]
+        self._norm_layer = norm_layer or nn.BatchNorm2d
+        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, 2 if stem == "small-s2" else 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = self._norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()
+        self.feat_dim = width * 8 * block.expansion
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from ``num_splits`` independent sub-batches.
+
+    With the key batch shuffled, a query and its positive key are normalised with statistics of different
+    sub-batches, so the BN statistics cannot leak which key is the positive (the single-device stand-in for
+    MoCo's shuffle-BN). Eval mode is plain BatchNorm with the averaged running statistics.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 8, **kw):
+        super().__init__(num_features, **kw)
+        self.num_splits = num_splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        if n % s:
+            raise ValueError(f"SplitBatchNorm2d: batch {n} is not divisible by num_splits={s}")
+        running_mean = self.running_mean.repeat(s)  # (s*C,)
+        running_var = self.running_var.repeat(s)
+        out = nn.functional.batch_norm(
+            x.reshape(n // s, c * s, h, w), running_mean, running_var,  # each split is its own set of channels
+            self.weight.repeat(s), self.bias.repeat(s), True, self.momentum, self.eps,
+        ).view(n, c, h, w)
+        with torch.no_grad():
+            self.running_mean.copy_(running_mean.view(s, c).mean(0))
+            self.running_var.copy_(running_var.view(s, c).mean(0))
+        return out
+
+
+def build_backbone(arch: str, width: int, stem: str, in_channels: int, bn_splits: int = 1) -> WideResNet:
+    norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else None
+    return WideResNet(arch, width, stem, in_channels, norm_layer=norm)

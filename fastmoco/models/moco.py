@@ -1,0 +1,112 @@
+"""The MoCo module: query encoder, momentum key encoder, queue of negative keys.
+
+One training step, as the trainer runs it::
+
+    loss, keys = moco(view_1, view_2)        # InfoNCE of q against [k, queue]
+    loss.backward(); optimizer.step()
+    moco.momentum_update(m)                  # key encoder <- EMA of the query encoder (ops.ema_)
+    moco.enqueue(keys)                       # ring-buffer write, pointer stays on the device (ops.enqueue_)
+
+``queue`` (K, dim) and ``ptr`` (1,) int64 are buffers, so they live in the state_dict and in every checkpoint.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastmoco import ops
+
+from .backbones import build_backbone
+from .heads import projection_head
+
+
+class MoCo(nn.Module):
+    def __init__(self, backbone: nn.Module, feat_dim: int, dim: int = 128, K: int = 65536, m: float = 0.999,
+                 T: float = 0.07, head: str = "linear", symmetric: bool = False, ops_impl: str = "fused",
+                 bn_buffers_ema: bool = False):
+        super().__init__()
+        if K < 1:
+            raise ValueError(f"queue size K must be >= 1, got {K}")
+        if not 0.0 <= m <= 1.0:
+            raise ValueError(f"momentum m must be in [0, 1], got {m}")
+        if T <= 0:
+            raise ValueError(f"temperature T must be > 0, got {T}")
+        if ops_impl not in ("fused", "reference"):
+            raise ValueError(f"ops must be 'fused' or 'reference', got {ops_impl!r}")
+        self.K, self.m, self.T, self.symmetric, self.ops_impl = K, m, T, symmetric, ops_impl
+        self.bn_buffers_ema = bn_buffers_ema
+        self.encoder_q = nn.Sequential()
+        self.encoder_q.add_module("backbone", backbone)
+        self.encoder_q.add_module("head", projection_head(head, feat_dim, dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))  # (K, dim) negative keys
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))  # (1,) next row to write
+
+    @classmethod
+    def from_config(cls, cfg) -> "MoCo":
+        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, cfg.in_channels, cfg.bn_splits)
+        return cls(backbone, backbone.feat_dim, cfg.dim, cfg.K, cfg.m, cfg.T, cfg.head, cfg.symmetric, cfg.ops,
+                   cfg.ema_bn_buffers)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query encoder's backbone: what kNN, linear evaluation and export use."""
+        return self.encoder_q.backbone
+
+    # -- the BN guard -------------------------------------------------------------------------------------------
+    def _shuffle(self, x: torch.Tensor):
+        """Permute the key batch before the key encoder so Split-BN sub-batches differ from the queries'.
+
+        The hook point for DDP: a distributed subclass shuffles across ranks here (shuffle-BN).
+        """
+        perm = torch.randperm(x.shape[0], device=x.device)
+        return x[perm], torch.argsort(perm)
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        x, unshuffle = self._shuffle(x)
+        return F.normalize(self.encoder_k(x), dim=1)[unshuffle]  # (N, dim)
+
+    def _loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        fn = ops.infonce if self.ops_impl == "fused" else ops.infonce_reference
+        return fn(q, k, self.queue, self.T)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
+        """Returns (loss, keys to enqueue). Symmetric: both views serve as query and key, both keys are queued."""
+        q1 = F.normalize(self.encoder_q(im_q), dim=1)  # (N, dim)
+        k2 = self._keys(im_k)  # (N, dim)
+        if not self.symmetric:
+            return self._loss(q1, k2), k2
+        q2 = F.normalize(self.encoder_q(im_k), dim=1)
+        k1 = self._keys(im_q)
+        loss = 0.5 * (self._loss(q1, k2) + self._loss(q2, k1))
+        return loss, torch.cat([k2, k1])
+
+    # -- after the optimizer step ------------------------------------------------------------------------------
+    def _ema_pairs(self):
+        dst, src = list(self.encoder_k.parameters()), list(self.encoder_q.parameters())
+        if self.bn_buffers_ema:  # average BN running statistics too (else they are the key encoder's own)
+            for bk, bq in zip(self.encoder_k.buffers(), self.encoder_q.buffers()):
+                if bk.is_floating_point():
+                    dst.append(bk)
+                    src.append(bq)
+        return dst, src
+
+    @torch.no_grad()
+    def momentum_update(self, m: float | None = None) -> None:
+        m = self.m if m is None else m
+        dst, src = self._ema_pairs()
+        if self.ops_impl == "fused":
+            ops.ema_(dst, src, m)
+        else:
+            ops.ema_reference_(dst, src, m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        if self.ops_impl == "fused":
+            ops.enqueue_(self.queue, self.ptr, keys)
+        else:
+            ops.enqueue_reference_(self.queue, self.ptr, keys)

@@ -1,0 +1,14 @@
+"""The drop-in fused ops (contract: shared/BRIEF.md section 1). Importing this pulls in no models or training.
+
+    from fastmoco import ops
+    loss = ops.infonce(q, k, queue, temperature=0.2)
+    ops.ema_(key_params, query_params, 0.999)
+    ops.enqueue_(queue, ptr, keys)
+"""
+from .enqueue import enqueue_, native_available  # first: the native library defines the fastmoco namespace
+from .ema import EMA, ema_
+from .infonce import InfoNCE, infonce
+from .reference import ema_reference_, enqueue_reference_, infonce_reference
+
+__all__ = ["infonce", "InfoNCE", "ema_", "EMA", "enqueue_", "native_available",
+           "infonce_reference", "ema_reference_", "enqueue_reference_"]

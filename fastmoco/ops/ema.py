@@ -1,0 +1,83 @@
+"""Multi-tensor EMA: dst_i <- momentum * dst_i + (1 - momentum) * src_i for every pair, in place.
+
+Registered as ``fastmoco::ema_``. CUDA: one Triton launch per dtype over dense pairs (``kernels/ema.py``);
+CPU, and pairs whose memory is not dense: ``torch._foreach_lerp_``. The per-parameter loop of the original code
+is :func:`fastmoco.ops.reference.ema_reference_`.
+"""
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from .reference import ema_reference_  # noqa: F401
+
+try:
+    from fastmoco import kernels as _kernels
+except ImportError:
+    _kernels = None
+
+
+def _dense_pair(d: Tensor, s: Tensor) -> bool:
+    """Both tensors cover one contiguous block of memory with the same element order."""
+    return d.stride() == s.stride() and (d.is_contiguous() or d.is_contiguous(memory_format=torch.channels_last))
+
+
+@torch.library.custom_op("fastmoco::ema_", mutates_args=("dst",))
+def _ema_op(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
+    weight = 1.0 - momentum
+    if _kernels is not None and dst[0].is_cuda and _kernels.available(dst[0].device):
+        from fastmoco.kernels.ema import ema_ as ema_triton_
+
+        dense = [_dense_pair(d, s) for d, s in zip(dst, src)]
+        ema_triton_([d for d, ok in zip(dst, dense) if ok], [s for s, ok in zip(src, dense) if ok], momentum)
+        rest = [(d, s) for d, s, ok in zip(dst, src, dense) if not ok]
+        if rest:
+            torch._foreach_lerp_([d for d, _ in rest], [s for _, s in rest], weight)
+        return
+    torch._foreach_lerp_(dst, src, weight)
+
+
+@_ema_op.register_fake
+def _(dst, src, momentum):
+    return None
+
+
+def ema_(dst: Iterable[Tensor], src: Iterable[Tensor], momentum: float) -> None:
+    """In place over equal-length sequences of same-shape tensors (e.g. key and query encoder parameters)."""
+    dst, src = list(dst), list(src)
+    if len(dst) != len(src):
+        raise ValueError(f"ema_: dst has {len(dst)} tensors but src has {len(src)}")
+    momentum = _checks.number_in("momentum", momentum, 0.0, 1.0)
+    for i, (d, s) in enumerate(zip(dst, src)):
+        _checks.tensor(f"dst[{i}]", d)
+        _checks.tensor(f"src[{i}]", s)
+        if d.shape != s.shape:
+            raise ValueError(f"ema_: shape mismatch at index {i}: dst {tuple(d.shape)} vs src {tuple(s.shape)}")
+        _checks.float_dtype(f"dst[{i}]", d)
+        _checks.same("dtype", (f"dst[{i}]", f"src[{i}]"), (d.dtype, s.dtype))
+        _checks.same("device", (f"dst[{i}]", f"src[{i}]"), (d.device, s.device))
+    if not dst:
+        return
+    with torch.no_grad():
+        torch.ops.fastmoco.ema_([d.detach() for d in dst], [s.detach() for s in src], momentum)
+
+
+class EMA(torch.nn.Module):
+    """Keeps ``target``'s parameters (and optionally float buffers) an EMA of ``source``'s: ``EMA(key, query)(m)``."""
+
+    def __init__(self, target: torch.nn.Module, source: torch.nn.Module, include_buffers: bool = False):
+        super().__init__()
+        self.target, self.source, self.include_buffers = [target], [source], include_buffers
+
+    def _pairs(self):
+        dst, src = list(self.target[0].parameters()), list(self.source[0].parameters())
+        if self.include_buffers:
+            for bd, bs in zip(self.target[0].buffers(), self.source[0].buffers()):
+                if bd.is_floating_point():
+                    dst.append(bd)
+                    src.append(bs)
+        return dst, src
+
+    def forward(self, momentum: float) -> None:
+        ema_(*self._pairs(), momentum)

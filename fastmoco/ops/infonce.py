@@ -1,0 +1,145 @@
+"""InfoNCE over a queue of negatives without materialising the (N, 1+K) logits.
+
+Reading order: CPU path (chunked online log-sum-exp) -> registered op ``fastmoco::infonce`` (custom_op +
+register_fake + register_autograd) -> public :func:`infonce` -> :class:`InfoNCE` module. The CUDA kernels live
+in ``kernels/infonce.py``; the naive reference is :func:`fastmoco.ops.reference.infonce_reference`.
+
+Both paths return, per row, the loss, the positive's probability p0 and W = sum_j p_j queue_j, so the backward is
+two element-wise lines: dq = g/T (W + (p0 - 1) k), dk = g/T (p0 - 1) q.
+"""
+import torch
+from torch import Tensor
+
+from . import _checks
+from .reference import infonce_reference  # noqa: F401  (importable beside the fused op)
+
+try:
+    from fastmoco import kernels as _kernels
+except ImportError:  # a copy of fastmoco/ without kernels/ beside it
+    _kernels = None
+
+# Logit tile of the CPU path: N x CHUNK_ELEMS/N fp32 values. 2**19 elements (2 MiB) measured fastest of
+# {2**17, 2**18, 2**19, 2**20, 2**21} at N=256, C=128, K=65536 on the 2-core dev CPU (benchmarks/RESULTS.md).
+CHUNK_ELEMS = 1 << 19
+
+
+def _forward_chunked(q: Tensor, k: Tensor, queue: Tensor, temperature: float):
+    """Stream the queue in chunks with a running max/sum (online log-sum-exp); fp32 (float64) accumulation."""
+    N, C = q.shape
+    K = queue.shape[0]
+    acc = _acc_dtype(q.dtype)
+    qs = q.to(acc) / temperature  # (N, C) scaled queries
+    pos = (qs * k.to(acc)).sum(1)  # (N,) positive logits
+    m = pos.clone()  # (N,) running max, the positive included
+    l = torch.ones_like(pos)  # (N,) running sum of exp(logit - m)
+    w = torch.zeros((N, C), device=q.device, dtype=acc)  # (N, C) running sum of exp(logit - m) key
+    chunk = max(64, CHUNK_ELEMS // max(N, 1))
+    for start in range(0, K, chunk):
+        keys = queue[start:start + chunk].to(acc)  # (Kc, C)
+        s = qs @ keys.T  # (N, Kc) logits of this chunk only
+        m_new = torch.maximum(m, s.amax(1))
+        alpha = torch.exp(m - m_new)  # (N,)
+        s.sub_(m_new[:, None]).exp_()  # (N, Kc) unnormalised probabilities
+        l = l * alpha + s.sum(1)
+        w.mul_(alpha[:, None]).addmm_(s, keys)
+        m = m_new
+    lse = m + torch.log(l)  # (N,)
+    return lse - pos, torch.exp(pos - lse), w / l[:, None]  # W = sum_j p_j key_j
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _use_triton(q: Tensor) -> bool:
+    return (_kernels is not None and q.is_cuda and _kernels.available(q.device) and q.shape[1] <= 256
+            and q.dtype != torch.float64)
+
+
+@torch.library.custom_op("fastmoco::infonce", mutates_args=())
+def _infonce_op(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns fp32 (float64 for float64 inputs) per-row loss (N,), p0 (N,) and W (N, C); the last two are saved
+    for backward."""
+    if _use_triton(q):
+        from fastmoco.kernels.infonce import infonce_forward
+
+        return infonce_forward(q, k, queue, temperature)
+    return _forward_chunked(q, k, queue, temperature)
+
+
+@_infonce_op.register_fake
+def _(q, k, queue, temperature):
+    N, C = q.shape
+    acc = _acc_dtype(q.dtype)
+    return q.new_empty((N,), dtype=acc), q.new_empty((N,), dtype=acc), q.new_empty((N, C), dtype=acc)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, _queue, temperature = inputs
+    _loss, p0, w = output
+    ctx.mark_non_differentiable(p0, w)
+    ctx.save_for_backward(q, k, p0, w)
+    ctx.temperature = temperature
+
+
+def _backward(ctx, g_loss, _g_p0, _g_w):
+    q, k, p0, w = ctx.saved_tensors
+    g = g_loss / ctx.temperature  # (N,) in the accumulation dtype
+    coef = p0 - 1.0  # (N,) d loss / d positive logit
+    dq = dk = None
+    if ctx.needs_input_grad[0]:
+        dq = (g[:, None] * (w + coef[:, None] * k.to(w.dtype))).to(q.dtype)  # (N, C)
+    if ctx.needs_input_grad[1]:
+        dk = ((g * coef)[:, None] * q.to(w.dtype)).to(k.dtype)  # (N, C)
+    return dq, dk, None, None
+
+
+_infonce_op.register_autograd(_backward, setup_context=_setup_context)
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def infonce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.07, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of [q.k, q @ queue.T] / T against label 0, without the (N, 1+K) logits.
+
+    q, k: (N, C); queue: (K, C), one negative key per row, treated as a constant. Returns a scalar, or (N,) for
+    reduction="none", in q's dtype (accumulation is fp32).
+    """
+    for name, x in (("q", q), ("k", k), ("queue", queue)):
+        _checks.tensor(name, x)
+    _checks.rank("q", q, 2, "(N, C)")
+    _checks.rank("k", k, 2, "(N, C)")
+    _checks.rank("queue", queue, 2, "(K, C)")
+    for name, x in (("q", q), ("k", k), ("queue", queue)):
+        _checks.float_dtype(name, x)
+    _checks.same("dtype", ("q", "k", "queue"), (q.dtype, k.dtype, queue.dtype))
+    _checks.same("device", ("q", "k", "queue"), (q.device, k.device, queue.device))
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (N, C), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if queue.shape[1] != q.shape[1]:
+        raise ValueError(f"queue has C={queue.shape[1]} columns but q has C={q.shape[1]}")
+    if q.shape[0] == 0 or queue.shape[0] == 0:
+        raise ValueError(f"need N >= 1 and K >= 1, got N={q.shape[0]}, K={queue.shape[0]}")
+    temperature = _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    rows = torch.ops.fastmoco.infonce(q, k, queue.detach(), temperature)[0]  # (N,) fp32
+    out = rows.mean() if reduction == "mean" else rows.sum() if reduction == "sum" else rows
+    return out.to(q.dtype)
+
+
+class InfoNCE(torch.nn.Module):
+    """``nn.Module`` form of :func:`infonce` (lightly/timm style: ``loss = InfoNCE(0.2)(q, k, queue)``)."""
+
+    def __init__(self, temperature: float = 0.07, reduction: str = "mean"):
+        super().__init__()
+        self.temperature = _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
+        return infonce(q, k, queue, self.temperature, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"

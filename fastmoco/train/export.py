@@ -1,0 +1,66 @@
+"""Export a run's backbone: ``export/backbone.pt`` (state_dict with torchvision key names) and
+``export/features.pt2`` (a torch.export program: float images in [0, 1], shaped as the dataset stores them, ->
+(N, D) features; it resizes, adapts channels and normalises by itself; the batch size is dynamic)."""
+import os
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from fastmoco.models import build_backbone
+
+from . import checkpoint as ckpt_io
+from .config import ConfigError, TrainConfig
+
+PREFIX = "encoder_q.backbone."
+
+
+class FeatureExtractor(torch.nn.Module):
+    def __init__(self, backbone, raw_shape, image_size, in_channels, mean, std):
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.raw_shape, self.image_size, self.in_channels = tuple(raw_shape), image_size, in_channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, *raw_shape) in [0, 1] -> (N, D)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return self.backbone((x - self.mean) / self.std)
+
+
+def backbone_state_dict(model_state: dict) -> dict:
+    return {k[len(PREFIX):]: v for k, v in model_state.items() if k.startswith(PREFIX)}
+
+
+def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise ConfigError(f"{run_dir} is not a fastmoco run directory (no config.yaml)")
+    with open(cfg_path) as fh:
+        cfg = TrainConfig(**yaml.safe_load(fh))
+    state = ckpt_io.load(checkpoint or os.path.join(run_dir, "last.pt"))
+    meta = state.get("data")
+    if meta is None:
+        raise ckpt_io.CheckpointError("checkpoint has no data description; re-run training with this version")
+    backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, meta["in_channels"])
+    sd = backbone_state_dict(state["model"])
+    backbone.load_state_dict(sd)
+    out = os.path.join(run_dir, "export")
+    os.makedirs(out, exist_ok=True)
+    paths = {"backbone": os.path.join(out, "backbone.pt"), "features": os.path.join(out, "features.pt2")}
+    ckpt_io.save_atomic(sd, paths["backbone"])
+
+    raw_shape = meta["raw_shape"] or (meta["in_channels"], meta["image_size"], meta["image_size"])
+    extractor = FeatureExtractor(backbone, raw_shape, meta["image_size"], meta["in_channels"], meta["mean"],
+                                 meta["std"]).eval()
+    example = torch.rand(2, *raw_shape)
+    with torch.no_grad():
+        program = torch.export.export(extractor, (example,),
+                                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1 << 20)}})
+    tmp = os.path.join(out, "features.tmp.pt2")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, tmp)
+    os.replace(tmp, paths["features"])
+    return paths

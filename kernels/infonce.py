@@ -1,0 +1,139 @@
+"""Fused InfoNCE forward over a queue of negative keys, in two Triton kernels.
+
+``_partial_kernel``: the grid is (row blocks of q) x (splits of the queue), so N=256 still fills 100+ SMs. Each
+program streams its slice of the queue in BLOCK_K tiles and keeps, per row, a running max ``m``, a running sum
+``l`` of exp(logit - m) and the running weighted key sum ``w = sum_j exp(logit_j - m) * queue_j`` (online
+log-sum-exp). The (N, 1+K) logits never reach memory.
+``_combine_kernel``: merges the splits' partials, folds in the positive logit q.k/T and writes the per-row loss,
+the positive's probability p0 and the normalised weighted sum W = sum_j p_j queue_j. Backward needs only those:
+dq = g/T * (W + (p0 - 1) k),  dk = g/T * (p0 - 1) q  (no second pass over the queue).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+
+@triton.jit
+def _partial_kernel(
+    q_ptr, queue_ptr, m_ptr, l_ptr, w_ptr,
+    N, K, C, k_per_split, scale,
+    stride_qn, stride_qc, stride_kk, stride_kc,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < N
+    col_ok = cols < C
+    q = tl.load(q_ptr + rows[:, None] * stride_qn + cols[None, :] * stride_qc,
+                mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_C)
+    if UPCAST:  # the interpreter's bf16 dot is wrong: compute in fp32 there
+        q = q.to(tl.float32)
+    k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    l = tl.zeros((BLOCK_N,), tl.float32)
+    w = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        keys = k0 + tl.arange(0, BLOCK_K)
+        key_ok = keys < k_end
+        t = tl.load(queue_ptr + keys[:, None] * stride_kk + cols[None, :] * stride_kc,
+                    mask=key_ok[:, None] & col_ok[None, :], other=0.0)  # (BLOCK_K, BLOCK_C)
+        if UPCAST:
+            t = t.to(tl.float32)
+        s = tl.dot(q, tl.trans(t), input_precision=PRECISION) * scale  # (BLOCK_N, BLOCK_K) logits
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[:, None])  # (BLOCK_N, BLOCK_K)
+        l = l * alpha + tl.sum(p, axis=1)
+        w = w * alpha[:, None] + tl.dot(p.to(t.dtype), t, input_precision=PRECISION)  # (BLOCK_N, BLOCK_C)
+        m = m_new
+    part = pid_s * N + rows
+    tl.store(m_ptr + part, m, mask=row_ok)
+    tl.store(l_ptr + part, l, mask=row_ok)
+    tl.store(w_ptr + part[:, None] * C + cols[None, :], w, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _combine_kernel(
+    q_ptr, k_ptr, m_ptr, l_ptr, w_ptr, loss_ptr, p0_ptr, wout_ptr,
+    N, C, S, scale,
+    stride_qn, stride_qc, stride_pn, stride_pc,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_C)
+    row_ok = rows < N
+    mask2 = row_ok[:, None] & (cols < C)[None, :]
+    q = tl.load(q_ptr + rows[:, None] * stride_qn + cols[None, :] * stride_qc, mask=mask2, other=0.0)
+    k = tl.load(k_ptr + rows[:, None] * stride_pn + cols[None, :] * stride_pc, mask=mask2, other=0.0)
+    pos = tl.sum(q.to(tl.float32) * k.to(tl.float32), axis=1) * scale  # (BLOCK_N,) positive logits
+    m = pos  # the positive starts the merge: l = exp(pos - m) = 1
+    l = tl.full((BLOCK_N,), 1.0, tl.float32)
+    w = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
+    for s in range(0, S):
+        part = s * N + rows
+        ms = tl.load(m_ptr + part, mask=row_ok, other=float("-inf"))
+        ls = tl.load(l_ptr + part, mask=row_ok, other=0.0)
+        ws = tl.load(w_ptr + part[:, None] * C + cols[None, :], mask=mask2, other=0.0)
+        m_new = tl.maximum(m, ms)
+        a = tl.exp(m - m_new)
+        b = tl.exp(ms - m_new)  # an empty split has ms = -inf: b = 0
+        l = l * a + ls * b
+        w = w * a[:, None] + ws * b[:, None]
+        m = m_new
+    lse = m + tl.log(l)
+    tl.store(loss_ptr + rows, lse - pos, mask=row_ok)
+    tl.store(p0_ptr + rows, tl.exp(pos - lse), mask=row_ok)
+    tl.store(wout_ptr + rows[:, None] * C + cols[None, :], w / l[:, None], mask=mask2)
+
+
+# Tile sizes: BLOCK_K=64 keeps the (BLOCK_N, BLOCK_K) fp32 logits tile and a (BLOCK_K, 128) bf16 key tile in
+# registers/shared memory with room for two pipeline stages. Not yet tuned on a GPU (no device lent so far).
+BLOCK_K = 64
+MAX_C = 256  # one (BLOCK_N, BLOCK_C) accumulator per program; wider embeddings take the chunked PyTorch path
+
+
+def _num_sms(device) -> int:
+    if INTERPRET or not torch.cuda.is_available():
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def infonce_forward(q, k, queue, temperature: float):
+    """Launch the fused forward. Returns fp32 (loss (N,), p0 (N,), W (N, C))."""
+    N, C = q.shape
+    K = queue.shape[0]
+    block_n = 16 if N <= 16 else (32 if N <= 32 else 64)
+    block_c = max(16, triton.next_power_of_2(C))
+    n_blocks = triton.cdiv(N, block_n)
+    # split the queue so that about two programs run per SM
+    splits = max(1, min(triton.cdiv(K, BLOCK_K), triton.cdiv(2 * _num_sms(q.device), n_blocks)))
+    k_per_split = triton.cdiv(triton.cdiv(K, splits), BLOCK_K) * BLOCK_K
+    splits = triton.cdiv(K, k_per_split)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    m_part = torch.empty((splits, N), **f32)
+    l_part = torch.empty((splits, N), **f32)
+    w_part = torch.empty((splits, N, C), **f32)
+    scale = 1.0 / temperature
+    precision = "tf32" if (q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    _partial_kernel[(n_blocks, splits)](
+        q, queue, m_part, l_part, w_part, N, K, C, k_per_split, scale,
+        q.stride(0), q.stride(1), queue.stride(0), queue.stride(1),
+        BLOCK_N=block_n, BLOCK_K=BLOCK_K, BLOCK_C=block_c,
+        UPCAST=INTERPRET and q.dtype == torch.bfloat16, PRECISION=precision,
+    )
+    loss = torch.empty((N,), **f32)
+    p0 = torch.empty((N,), **f32)
+    w = torch.empty((N, C), **f32)
+    _combine_kernel[(n_blocks,)](
+        q, k, m_part, l_part, w_part, loss, p0, w, N, C, splits, scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        BLOCK_N=block_n, BLOCK_C=block_c,
+    )
+    return loss, p0, w
