@@ -1,0 +1,24 @@
+# Quick start: `make train` (MoCo v2 on Fashion-MNIST, prints the kNN accuracy) and `make test`.
+PY ?= python3
+export PYTHONUNBUFFERED=1
+
+.PHONY: setup train test bench quality clean
+
+setup:
+	bash scripts/setup.sh
+
+train: setup
+	fastmoco-train $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests $(ARGS)
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
+		--benchmark-sort=name --benchmark-json=benchmarks/last.json $(ARGS)
+
+quality: setup
+	$(PY) benchmarks/quality_fmnist.py $(ARGS)
+
+clean:
+	rm -rf build *.egg-info fastmoco/*.so .setup-stamp

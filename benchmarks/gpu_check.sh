@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU check for a lent device (H100/H200: torch 2.11, triton 3.6, nvcc, no internet, no DALI).
+# Builds the package with the CUDA enqueue kernel, runs the CUDA tests and the op benchmarks, and writes
+# everything to $OUT (default ./gpu_out). Budget: ~6 minutes on an H200 (build ~2.5 min, tests ~1 min,
+# benchmarks ~2 min). Run from the repository root:  bash benchmarks/gpu_check.sh
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 FASTMOCO_CUDA=1 FASTMOCO_REQUIRE_NATIVE=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  lscpu | grep -m1 'Model name'; nproc
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# no internet there: install only the package itself (torch, triton are present); pytest-benchmark may be
+# carried as a wheel in .whl/ (see the device README)
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+python3 -c "import fastmoco.ops as o; print('native:', o.native_available())" | tee -a "$OUT/env.txt"
+
+# CUDA tests (the CPU suite runs in CI); TRITON_INTERPRET must stay unset here so the real kernels run
+TRITON_INTERPRET=0 python3 -m pytest -q tests/ops -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
+
+python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
+  --benchmark-sort=name --benchmark-json="$OUT/bench.json" -p no:cacheprovider 2>&1 | tee "$OUT/bench.txt"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian machine with Python 3.11 (idempotent; a no-op when nothing changed):
+#   Fashion-MNIST (Debian package), torch + torchvision + the tools, and fastmoco itself (editable, with the C++
+#   extension; FASTMOCO_CUDA=1 also compiles the CUDA kernel, which needs nvcc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+
+stamp=.setup-stamp
+want="$( (cat setup.py pyproject.toml csrc/* requirements.txt; echo "cuda=${FASTMOCO_CUDA:-0}") | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import fastmoco._C" 2>/dev/null; then
+  exit 0
+fi
+$PY -m pip install -q -r requirements.txt
+$PY -m pip install -q --no-build-isolation -e .
+$PY -c "import fastmoco.ops as o; print('fastmoco installed; native ops:', o.native_available())"
+echo "$want" > "$stamp"

@@ -1,0 +1,49 @@
+import pytest
+
+from fastmoco.train.config import ConfigError, TrainConfig, build_parser, config_from_args
+
+
+def test_presets_fill_unset_fields_only():
+    v1 = config_from_args(["--preset", "v1"])
+    assert (v1.head, v1.T, v1.m, v1.aug, v1.schedule) == ("linear", 0.07, 0.999, "v1", "step")
+    v2 = config_from_args(["--preset", "v2", "--T", "0.5"])
+    assert (v2.head, v2.T, v2.aug, v2.schedule) == ("mlp", 0.5, "v2", "cosine")
+
+
+def test_yaml_then_flags_precedence_and_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.5\nK: 1024\nsymmetric: true\n")
+    cfg = config_from_args(["--config", str(path), "--K", "2048"])
+    assert cfg.lr == 0.5 and cfg.K == 2048 and cfg.symmetric is True
+    cfg.save(str(tmp_path / "saved.yaml"))
+    again = config_from_args(["--config", str(tmp_path / "saved.yaml")])
+    assert again == cfg
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--lr", "0"], "lr must be > 0"),
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--K", "0"], "K .queue size. must be >= 1"),
+    (["--arch", "vgg11"], "unknown arch 'vgg11'"),
+    (["--preset", "v3"], "unknown preset 'v3'"),
+    (["--batch-size", "100", "--bn-splits", "8"], "divisible by bn_splits"),
+    (["--m", "1.5"], r"m must be in \[0, 1\]"),
+    (["--lr-steps", "0.5,x"], "lr_steps"),
+])
+def test_invalid_values(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_args(argv)
+
+
+def test_yaml_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("nope: 1\n")
+    with pytest.raises(ConfigError, match="unknown config keys .*: nope"):
+        config_from_args(["--config", str(tmp_path / "bad.yaml")])
+    with pytest.raises(ConfigError, match="config file not found"):
+        config_from_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_every_field_has_a_flag():
+    helptext = build_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in helptext

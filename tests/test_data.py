@@ -1,0 +1,100 @@
+import gzip
+import os
+import struct
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FMNIST_DIR, needs_fmnist
+from fastmoco.data import BatchAugment, DataError, image_folder, load_fmnist, view_transform
+from fastmoco.data.fmnist import read_idx
+
+
+def _write_idx(path, array_u8):
+    dims = array_u8.shape
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array_u8.numpy().tobytes())
+
+
+def test_idx_round_trip_and_truncation(tmp_path):
+    data = torch.randint(0, 255, (3, 4, 5), dtype=torch.uint8)
+    _write_idx(tmp_path / "a.gz", data)
+    assert torch.equal(torch.from_numpy(read_idx(str(tmp_path / "a.gz")).copy()), data)
+    with gzip.open(tmp_path / "a.gz", "rb") as fh:
+        raw = fh.read()
+    with gzip.open(tmp_path / "b.gz", "wb") as fh:
+        fh.write(raw[:-7])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(str(tmp_path / "b.gz"))
+    (tmp_path / "c.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(str(tmp_path / "c.gz"))
+
+
+@needs_fmnist()
+def test_fashion_mnist_loads():
+    x, y = load_fmnist(FMNIST_DIR, train=False)
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (10000,) and set(y.tolist()) == set(range(10))
+
+
+def test_missing_data_path():
+    with pytest.raises(DataError, match="does not exist"):
+        load_fmnist("/nonexistent/fmnist")
+    with pytest.raises(DataError, match="does not exist"):
+        image_folder("/nonexistent/folder")
+
+
+def _folder(tmp_path, n=4, corrupt=0):
+    for c in ("cat", "dog"):
+        os.makedirs(tmp_path / c, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (40, 30), (i * 40, 10, 200)).save(tmp_path / c / f"{i}.png")
+        for i in range(corrupt):
+            (tmp_path / c / f"bad{i}.png").write_bytes(b"\x89PNG not really")
+    return tmp_path
+
+
+def test_image_folder_skips_corrupt_files_with_a_count(tmp_path):
+    _folder(tmp_path, n=3, corrupt=2)
+    with pytest.warns(UserWarning, match="skipped 4 unreadable image"):
+        ds = image_folder(str(tmp_path))
+    assert len(ds) == 6 and len(ds.targets) == 6
+
+
+def test_empty_or_all_corrupt_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        image_folder(str(tmp_path / "empty"))
+    bad = tmp_path / "bad"
+    _folder(bad, n=0, corrupt=1)
+    with pytest.raises(DataError, match="none of its 2 images"), pytest.warns(UserWarning):
+        image_folder(str(bad))
+
+
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batch_augment_shapes_and_independent_views(recipe, channels):
+    aug = BatchAugment(recipe, 24, (0.5,) * channels, (0.25,) * channels, 0.3)
+    x = torch.randint(0, 255, (16, channels, 28, 28), dtype=torch.uint8)
+    v1, v2 = aug(x), aug(x)
+    assert v1.shape == (16, channels, 24, 24) and v1.dtype == torch.float32
+    assert torch.isfinite(v1).all() and not torch.equal(v1, v2)
+    assert v1.min() >= -2.0 - 1e-5 and v1.max() <= 2.0 + 1e-5  # [0, 1] normalised by (0.5, 0.25)
+
+
+def test_batch_augment_is_reproducible_with_a_generator():
+    aug = BatchAugment("v2", 28, (0.5,), (0.25,))
+    x = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+def test_torchvision_v2_recipes(recipe):
+    t = view_transform(recipe, 32, 3, (0.5,) * 3, (0.25,) * 3)
+    out = t(Image.new("RGB", (50, 40), (100, 20, 30)))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32

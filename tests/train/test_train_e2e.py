@@ -1,0 +1,127 @@
+"""Tiny end-to-end runs on a Fashion-MNIST subset (a few seconds each on 2 CPU cores)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FMNIST_DIR, needs_fmnist
+from fastmoco.train import TrainConfig, TrainingDiverged, train
+from fastmoco.train.checkpoint import CheckpointError
+
+pytestmark = [needs_fmnist(), pytest.mark.slow]
+TINY = dict(data=FMNIST_DIR, subset=2048, batch_size=64, width=8, K=256, epochs=2, lr=0.06, progress=False,
+            threads=2)
+
+
+def _cfg(out, **kw):
+    return TrainConfig(**{**TINY, "out": str(out), **kw}).resolved()
+
+
+def test_two_epochs_loss_falls_and_outputs_written(tmp_path):
+    summary = train(_cfg(tmp_path, epochs=3, K=128), log=lambda *_: None)
+    rows = open(tmp_path / "metrics.csv").read().strip().splitlines()
+    assert len(rows) == 4  # header + one row per epoch
+    losses = [float(r.split(",")[2]) for r in rows[1:]]
+    assert losses[-1] < losses[1], losses  # after the first epoch the queue holds real keys only
+    assert 10.0 < summary["knn_top1"] <= 100.0
+    for name in ("config.yaml", "last.pt", "curves.png"):
+        assert (tmp_path / name).is_file()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"
+    train(_cfg(full), log=lambda *_: None)
+    cut = tmp_path / "cut"
+    train(_cfg(cut, max_steps=2048 // 64), log=lambda *_: None)  # stops after epoch 1
+    assert torch.load(cut / "last.pt", weights_only=False)["epoch"] == 1
+    train(_cfg(cut, resume="auto"), log=lambda *_: None)
+    a = torch.load(full / "last.pt", weights_only=False)
+    b = torch.load(cut / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key  # queue and ptr included
+    assert a["history"][-1]["loss"] == b["history"][-1]["loss"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    train(_cfg(out, epochs=1), log=lambda *_: None)
+    good = (out / "last.pt").read_bytes()
+    from fastmoco.models import MoCo
+
+    real_forward = MoCo.forward
+
+    def poisoned(self, a, b):
+        loss, keys = real_forward(self, a, b)
+        return loss * float("nan"), keys
+
+    monkeypatch.setattr(MoCo, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 33; stopped, last good"):
+        train(_cfg(out, epochs=2, resume="auto"), log=lambda *_: None)
+    assert (out / "last.pt").read_bytes() == good
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        train(_cfg(tmp_path, resume="auto"), log=lambda *_: None)
+
+
+def test_export_round_trip(tmp_path):
+    train(_cfg(tmp_path, epochs=1, subset=512), log=lambda *_: None)
+    out = subprocess.run([sys.executable, "-m", "fastmoco.cli.export", str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "export" / "backbone.pt"), str(tmp_path / "export" / "features.pt2")]
+    program = torch.export.load(out[1]).module()
+    sd = torch.load(out[0])
+    from fastmoco.data import load_fmnist
+    from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD
+    from fastmoco.models import build_backbone
+
+    net = build_backbone("resnet18", 8, "small", 1)
+    net.load_state_dict(sd)
+    net.eval()
+    images = load_fmnist(FMNIST_DIR, train=False)[0][:5].float() / 255.0  # as the dataset stores them
+    for n in (1, 5):  # dynamic batch size
+        feats = program(images[:n])
+        with torch.no_grad():
+            expect = net((images[:n] - FMNIST_MEAN[0]) / FMNIST_STD[0])
+        assert feats.shape == (n, 64)
+        torch.testing.assert_close(feats, expect, atol=1e-5, rtol=1e-5)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastmoco.train", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "0"], "fastmoco-train: error: lr must be > 0, got 0.0"),
+    (["--arch", "alexnet"], "fastmoco-train: error: unknown arch 'alexnet'"),
+    (["--data", "/nonexistent"], "fastmoco-train: error: data path does not exist: /nonexistent"),
+    (["--resume", "/nonexistent.pt"], "fastmoco-train: error: --resume: checkpoint not found: /nonexistent.pt"),
+])
+def test_cli_errors_are_one_line(args, message):
+    res = _cli(*args, "--out", "/tmp/fastmoco-cli-test")
+    assert res.returncode == 2
+    assert res.stderr.strip() == message or res.stderr.strip().startswith(message)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_cli_image_folder_run_with_val(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(2):
+            os.makedirs(tmp_path / split / f"c{c}", exist_ok=True)
+            for i in range(16):
+                Image.new("RGB", (36, 36), (c * 200, i * 10, 50)).save(tmp_path / split / f"c{c}" / f"{i}.png")
+    (tmp_path / "train" / "c0" / "broken.jpg").write_bytes(b"garbage")
+    res = _cli("--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--batch-size", "16",
+               "--bn-splits", "2", "--width", "4", "--K", "32", "--epochs", "1", "--workers", "0",
+               "--image-size", "16", "--no-progress", "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    assert "skipped 1 unreadable image(s) of 33" in res.stderr
+    assert "kNN accuracy (k=200, t=0.1):" in res.stdout
