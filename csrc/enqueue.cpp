@@ -1,4 +1,4 @@
-// fastmoco::enqueue_ schema and its CPU kernel. The CUDA kernel is in enqueue_cuda.cu (built with FASTMOCO_CUDA).
+// The fastmoco library's native schemas, and enqueue_'s CPU kernel. The CUDA kernel is in enqueue_cuda.cu (built with FASTMOCO_CUDA).
 // The ring buffer is written as at most two contiguous row ranges with ATen copies (memcpy speed, any strides).
 #include <Python.h>
 
@@ -24,6 +24,7 @@ void enqueue_cpu(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys) {
 
 TORCH_LIBRARY(fastmoco, m) {
   m.def("enqueue_(Tensor(a!) queue, Tensor(b!) ptr, Tensor keys) -> ()");
+  m.def("ema_(Tensor(a!)[] dst, Tensor[] src, float momentum) -> ()");  // CPU: ema.cpp; CUDA: Triton (Python)
 }
 
 TORCH_LIBRARY_IMPL(fastmoco, CPU, m) { m.impl("enqueue_", &fastmoco::enqueue_cpu); }

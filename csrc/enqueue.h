@@ -13,6 +13,8 @@ inline void check_enqueue_args(const at::Tensor& queue, const at::Tensor& ptr, c
   TORCH_CHECK_VALUE(queue.size(0) >= 1 && keys.size(0) >= 1, "enqueue_: need K >= 1 and N >= 1");
   TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong && ptr.numel() == 1,
                    "enqueue_: ptr must be an int64 tensor of shape (1,)");
+  TORCH_CHECK_TYPE(at::isFloatingType(queue.scalar_type()), "enqueue_: queue must be a floating dtype, got ",
+                   queue.scalar_type());
   TORCH_CHECK_TYPE(keys.scalar_type() == queue.scalar_type(), "enqueue_: keys dtype ", keys.scalar_type(),
                    " differs from queue dtype ", queue.scalar_type());
   TORCH_CHECK_VALUE(ptr.device() == queue.device() && keys.device() == queue.device(),

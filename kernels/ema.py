@@ -1,4 +1,4 @@
-"""Multi-tensor EMA in one Triton launch per dtype: dst_i <- dst_i + w * (src_i - dst_i), w = 1 - momentum.
+"""Multi-tensor EMA in one Triton launch per dtype: dst_i <- lerp(dst_i, src_i, w), w = 1 - momentum.
 
 The tensors stay where they are (no flattening copy): a pointer table lists each pair's addresses and a block
 table maps every program to (tensor, offset). Both tables live on the device and are cached per parameter set,
@@ -25,7 +25,9 @@ def _ema_kernel(dst_ptrs, src_ptrs, numels, blk_tensor, blk_offset, weight,
         ok = idx < n
         x = tl.load(dst + idx, mask=ok).to(tl.float32)
         y = tl.load(src + idx, mask=ok).to(tl.float32)
-        tl.store(dst + idx, (x + weight * (y - x)).to(DTYPE), mask=ok)
+        # torch.lerp's two-sided formula: exact at weight 0 (dst kept) and weight 1 (src copied)
+        out = tl.where(weight < 0.5, x + weight * (y - x), y - (1.0 - weight) * (y - x))
+        tl.store(dst + idx, out.to(DTYPE), mask=ok)
 
 
 # 1024 elements x 8 iterations = 8192 per program: ResNet-50 (25.6 M params) needs ~3,200 programs and a table

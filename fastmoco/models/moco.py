@@ -12,6 +12,7 @@ One training step, as the trainer runs it::
 import copy
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -106,7 +107,19 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
+        """Write this step's keys; under torch.distributed every rank writes all ranks' keys, in rank order."""
+        keys = gather_keys(keys)
         if self.ops_impl == "fused":
             ops.enqueue_(self.queue, self.ptr, keys)
         else:
             ops.enqueue_reference_(self.queue, self.ptr, keys)
+
+
+@torch.no_grad()
+def gather_keys(keys: torch.Tensor) -> torch.Tensor:
+    """(N, C) on each of W ranks -> (W*N, C) on every rank; the identity outside a distributed run."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return keys
+    out = keys.new_empty((dist.get_world_size() * keys.shape[0], keys.shape[1]))  # (W*N, C)
+    dist.all_gather_into_tensor(out, keys.contiguous())
+    return out

@@ -1,8 +1,10 @@
 """Multi-tensor EMA: dst_i <- momentum * dst_i + (1 - momentum) * src_i for every pair, in place.
 
-Registered as ``fastmoco::ema_``. CUDA: one Triton launch per dtype over dense pairs (``kernels/ema.py``);
-CPU, and pairs whose memory is not dense: ``torch._foreach_lerp_``. The per-parameter loop of the original code
-is :func:`fastmoco.ops.reference.ema_reference_`.
+``fastmoco::ema_`` is defined by the native extension with its C++ CPU kernel (``csrc/ema.cpp``: one parallel
+region over all tensors); its CUDA kernel, registered here, is one Triton launch per dtype over dense pairs
+(``kernels/ema.py``), with ``torch._foreach_lerp_`` for pairs whose memory is not dense. Without the extension the
+op is defined here over ``torch._foreach_lerp_``. The per-parameter loop of the original code is
+:func:`fastmoco.ops.reference.ema_reference_`.
 """
 from typing import Iterable
 
@@ -10,6 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from ._native import NATIVE
 from .reference import ema_reference_  # noqa: F401
 
 try:
@@ -18,37 +21,11 @@ except ImportError:
     _kernels = None
 
 
-def _dense_pair(d: Tensor, s: Tensor) -> bool:
-    """Both tensors cover one contiguous block of memory with the same element order."""
-    return d.stride() == s.stride() and (d.is_contiguous() or d.is_contiguous(memory_format=torch.channels_last))
-
-
-@torch.library.custom_op("fastmoco::ema_", mutates_args=("dst",))
-def _ema_op(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
-    weight = 1.0 - momentum
-    if _kernels is not None and dst[0].is_cuda and _kernels.available(dst[0].device):
-        from fastmoco.kernels.ema import ema_ as ema_triton_
-
-        dense = [_dense_pair(d, s) for d, s in zip(dst, src)]
-        ema_triton_([d for d, ok in zip(dst, dense) if ok], [s for s, ok in zip(src, dense) if ok], momentum)
-        rest = [(d, s) for d, s, ok in zip(dst, src, dense) if not ok]
-        if rest:
-            torch._foreach_lerp_([d for d, _ in rest], [s for _, s in rest], weight)
-        return
-    torch._foreach_lerp_(dst, src, weight)
-
-
-@_ema_op.register_fake
-def _(dst, src, momentum):
-    return None
-
-
-def ema_(dst: Iterable[Tensor], src: Iterable[Tensor], momentum: float) -> None:
-    """In place over equal-length sequences of same-shape tensors (e.g. key and query encoder parameters)."""
-    dst, src = list(dst), list(src)
+def _check_pairs(dst, src, momentum) -> None:
+    """Every check, before any write: the CUDA path, the fallback and the fake (compile-time) kernel run it."""
     if len(dst) != len(src):
         raise ValueError(f"ema_: dst has {len(dst)} tensors but src has {len(src)}")
-    momentum = _checks.number_in("momentum", momentum, 0.0, 1.0)
+    _checks.number_in("momentum", momentum, 0.0, 1.0)
     for i, (d, s) in enumerate(zip(dst, src)):
         _checks.tensor(f"dst[{i}]", d)
         _checks.tensor(f"src[{i}]", s)
@@ -57,10 +34,55 @@ def ema_(dst: Iterable[Tensor], src: Iterable[Tensor], momentum: float) -> None:
         _checks.float_dtype(f"dst[{i}]", d)
         _checks.same("dtype", (f"dst[{i}]", f"src[{i}]"), (d.dtype, s.dtype))
         _checks.same("device", (f"dst[{i}]", f"src[{i}]"), (d.device, s.device))
-    if not dst:
+
+
+def _dense_pair(d: Tensor, s: Tensor) -> bool:
+    """Both tensors cover one contiguous block of memory with the same element order."""
+    return d.stride() == s.stride() and (d.is_contiguous() or d.is_contiguous(memory_format=torch.channels_last))
+
+
+def _ema_cuda(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
+    _check_pairs(dst, src, momentum)
+    if _kernels is not None and _kernels.available(dst[0].device):
+        from fastmoco.kernels.ema import ema_ as ema_triton_
+
+        dense = [_dense_pair(d, s) for d, s in zip(dst, src)]
+        ema_triton_([d for d, ok in zip(dst, dense) if ok], [s for s, ok in zip(src, dense) if ok], momentum)
+        rest = [(d, s) for d, s, ok in zip(dst, src, dense) if not ok]
+        if rest:
+            torch._foreach_lerp_([d for d, _ in rest], [s for _, s in rest], 1.0 - momentum)
+    else:
+        torch._foreach_lerp_(dst, src, 1.0 - momentum)
+
+
+def _ema_fake(dst, src, momentum):
+    _check_pairs(dst, src, momentum)
+
+
+if NATIVE:
+    torch.library.register_kernel("fastmoco::ema_", "cuda", _ema_cuda)
+    torch.library.register_fake("fastmoco::ema_", _ema_fake)
+else:
+    @torch.library.custom_op("fastmoco::ema_", mutates_args=("dst",))
+    def _ema_op(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
+        if dst and dst[0].is_cuda:
+            return _ema_cuda(dst, src, momentum)
+        _check_pairs(dst, src, momentum)
+        torch._foreach_lerp_(dst, src, 1.0 - momentum)
+
+    _ema_op.register_fake(_ema_fake)
+
+
+def ema_(dst: Iterable[Tensor], src: Iterable[Tensor], momentum: float) -> None:
+    """In place over equal-length sequences of same-shape tensors (e.g. key and query encoder parameters).
+
+    A rejected call (length, shape, dtype or device mismatch, momentum outside [0, 1]) writes nothing.
+    """
+    dst, src = list(dst), list(src)
+    if not dst and not src:
         return
     with torch.no_grad():
-        torch.ops.fastmoco.ema_([d.detach() for d in dst], [s.detach() for s in src], momentum)
+        torch.ops.fastmoco.ema_(dst, src, momentum)
 
 
 class EMA(torch.nn.Module):

@@ -4,55 +4,16 @@
 built; otherwise the same op is registered here over the PyTorch reference, with one warning. Either way the
 pointer stays on the device: no ``.item()`` and no host sync on CUDA.
 """
-import warnings
-
 import torch
 from torch import Tensor
 
 from . import _checks
+from ._native import NATIVE, native_available  # noqa: F401
 from .reference import enqueue_reference_
 
-try:
-    import fastmoco._C  # noqa: F401  registers fastmoco::enqueue_ (CPU and, if compiled, CUDA)
 
-    NATIVE = True
-    NATIVE_ERROR = None
-except (ImportError, OSError) as exc:
-    NATIVE = False
-    NATIVE_ERROR = f"{type(exc).__name__}: {exc}"
-
-if NATIVE:
-    @torch.library.register_fake("fastmoco::enqueue_")
-    def _(queue, ptr, keys):
-        return None
-else:
-    warnings.warn(f"fastmoco: native extension unavailable ({NATIVE_ERROR}); enqueue_ uses the PyTorch reference",
-                  RuntimeWarning, stacklevel=2)
-
-    @torch.library.custom_op("fastmoco::enqueue_", mutates_args=("queue", "ptr"))
-    def _enqueue_op(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
-        if ptr.device.type == "cpu":  # a value check on CUDA would need a host sync
-            p = int(ptr[0])
-            if not 0 <= p < queue.shape[0]:
-                raise ValueError(f"enqueue_: ptr={p} outside [0, K={queue.shape[0]})")
-        enqueue_reference_(queue, ptr, keys)
-
-    @_enqueue_op.register_fake
-    def _(queue, ptr, keys):
-        return None
-
-
-def native_available() -> bool:
-    """True when ``fastmoco._C`` (the C++/CUDA enqueue) is loaded; False means the PyTorch reference runs."""
-    return NATIVE
-
-
-def enqueue_(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
-    """Write ``keys`` (N, C) into ``queue`` (K, C) at ``ptr`` (int64, shape (1,)), wrapping; any N >= 1.
-
-    N > K keeps the last K keys. A rejected call writes nothing. On CUDA an out-of-range ptr value is caught on
-    the device (no sync): the kernel then writes nothing and leaves ptr as it was.
-    """
+def _check_args(queue, ptr, keys) -> None:
+    """Shape/dtype/device checks (the value of ptr is checked by the kernels, before any write)."""
     for name, x in (("queue", queue), ("ptr", ptr), ("keys", keys)):
         _checks.tensor(name, x)
     _checks.rank("queue", queue, 2, "(K, C)")
@@ -64,6 +25,35 @@ def enqueue_(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
     if keys.shape[0] == 0 or queue.shape[0] == 0:
         raise ValueError(f"need N >= 1 keys and K >= 1 queue rows, got N={keys.shape[0]}, K={queue.shape[0]}")
     _checks.float_dtype("queue", queue)
-    _checks.float_dtype("keys", keys)
+    _checks.same("dtype", ("queue", "keys"), (queue.dtype, keys.dtype))
     _checks.same("device", ("queue", "ptr", "keys"), (queue.device, ptr.device, keys.device))
-    torch.ops.fastmoco.enqueue_(queue, ptr, keys.detach().to(queue.dtype))
+
+
+def _enqueue_fake(queue, ptr, keys):
+    _check_args(queue, ptr, keys)
+
+
+if NATIVE:
+    torch.library.register_fake("fastmoco::enqueue_", _enqueue_fake)
+else:
+    @torch.library.custom_op("fastmoco::enqueue_", mutates_args=("queue", "ptr"))
+    def _enqueue_op(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
+        _check_args(queue, ptr, keys)
+        if ptr.device.type == "cpu":  # a value check on CUDA would need a host sync
+            p = int(ptr[0])
+            if not 0 <= p < queue.shape[0]:
+                raise ValueError(f"enqueue_: ptr={p} outside [0, K={queue.shape[0]})")
+        enqueue_reference_(queue, ptr, keys)
+
+    _enqueue_op.register_fake(_enqueue_fake)
+
+
+def enqueue_(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
+    """Write ``keys`` (N, C) into ``queue`` (K, C) at ``ptr`` (int64, shape (1,)), wrapping; any N >= 1.
+
+    N > K keeps the last K keys. A rejected call writes nothing. On CUDA an out-of-range ptr value is caught on
+    the device (no sync): the kernel then writes nothing and leaves ptr as it was.
+    """
+    if isinstance(keys, Tensor) and isinstance(queue, Tensor) and keys.is_floating_point():
+        keys = keys.detach().to(queue.dtype)  # e.g. bf16 keys from autocast into an fp32 queue
+    torch.ops.fastmoco.enqueue_(queue, ptr, keys)

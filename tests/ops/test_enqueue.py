@@ -101,3 +101,30 @@ def test_cuda_out_of_range_ptr_writes_nothing():
     queue, ptr = torch.zeros(5, 2, device="cuda"), torch.tensor([9], device="cuda")
     ops.enqueue_(queue, ptr, torch.ones(2, 2, device="cuda"))
     assert queue.eq(0).all() and ptr.item() == 9
+
+
+def test_fallback_without_native_extension_warns_once_and_works():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fastmoco._C'] = None  # as if the extension were not built\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from fastmoco import ops\n"
+        "import torch\n"
+        "assert not ops.native_available()\n"
+        "assert sum('native extension unavailable' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
+        "q, p = torch.zeros(4, 2), torch.tensor([3])\n"
+        "ops.enqueue_(q, p, torch.ones(2, 2))\n"
+        "assert q[3].eq(1).all() and q[0].eq(1).all() and p.item() == 1\n"
+        "try:\n"
+        "    ops.enqueue_(q, torch.tensor([7]), torch.ones(1, 2))\n"
+        "except ValueError as e:\n"
+        "    assert 'outside' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('bad ptr accepted')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
