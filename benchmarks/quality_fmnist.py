@@ -38,6 +38,7 @@ def main() -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "quality"))
     p.add_argument("train_args", nargs="*", help="extra fastmoco-train arguments (after --)")
     args = p.parse_args()
+    shown = (["--config", "configs/fmnist_long.yaml"] if args.long else []) + list(args.train_args)
     train_args = list(args.train_args)
     if args.long:
         train_args = ["--config", os.path.join(ROOT, "configs", "fmnist_long.yaml")] + train_args
@@ -56,8 +57,8 @@ def main() -> int:
     knn = float(match.group(1)) if match else float("nan")
     import torch
 
-    row = (f"| {datetime.date.today()} | `{shlex.join(cmd[:1] + train_args[:-2] if not args.long else cmd)}` | "
-           f"{knn:.2f} % | {wall / 60:.1f} min | {cpu_model()}, {os.cpu_count()} cores | torch {torch.__version__} |")
+    row = (f"| {datetime.date.today()} | `{shlex.join(['fastmoco-train', *shown])}` | {knn:.2f} % | "
+           f"{wall / 60:.1f} min | {cpu_model()}, {os.cpu_count()} cores | torch {torch.__version__} |")
     print(row)
     if args.record:
         with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:

@@ -3,11 +3,18 @@ import pytest
 from fastmoco.train.config import ConfigError, TrainConfig, build_parser, config_from_args
 
 
+def test_default_is_the_tuned_fashion_mnist_recipe():
+    cfg = config_from_args([])
+    assert cfg.preset == "fmnist" and (cfg.head, cfg.T, cfg.aug, cfg.crop_min_scale) == ("mlp", 0.1, "v2", 0.9)
+    assert cfg.data == "/usr/share/datasets/fashion-mnist"
+
+
 def test_presets_fill_unset_fields_only():
     v1 = config_from_args(["--preset", "v1"])
     assert (v1.head, v1.T, v1.m, v1.aug, v1.schedule) == ("linear", 0.07, 0.999, "v1", "step")
     v2 = config_from_args(["--preset", "v2", "--T", "0.5"])
-    assert (v2.head, v2.T, v2.aug, v2.schedule) == ("mlp", 0.5, "v2", "cosine")
+    assert (v2.head, v2.T, v2.m, v2.aug, v2.schedule) == ("mlp", 0.5, 0.999, "v2", "cosine")
+    assert (v2.crop_min_scale, v2.erase_p) == (0.2, 0.0)
 
 
 def test_yaml_then_flags_precedence_and_round_trip(tmp_path):

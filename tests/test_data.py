@@ -98,3 +98,16 @@ def test_torchvision_v2_recipes(recipe):
     t = view_transform(recipe, 32, 3, (0.5,) * 3, (0.25,) * 3)
     out = t(Image.new("RGB", (50, 40), (100, 20, 30)))
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def test_random_erasing_greys_one_rectangle_per_image():
+    aug = BatchAugment("v1", 28, (0.0,), (1.0,), min_scale=1.0, jitter=0.0, erase_p=1.0)
+    x = torch.zeros(32, 1, 28, 28, dtype=torch.uint8)  # black images: only the erased box is grey
+    out = aug(x)
+    grey = out[:, 0] == 0.5  # (B, H, W)
+    for b in range(32):
+        rows, cols = grey[b].any(1).nonzero(), grey[b].any(0).nonzero()
+        assert len(rows) and len(cols)
+        box = grey[b, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # one solid rectangle
+        assert 0.01 < grey[b].float().mean() < 0.25

@@ -35,7 +35,8 @@ class TensorData:
         self.image_size = cfg.image_size or images.shape[-1]
         self.mean, self.std = FMNIST_MEAN, FMNIST_STD
         self.batch_size, self.seed = cfg.batch_size, cfg.seed
-        self.augment = BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale).to(device)
+        self.augment = BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale, cfg.jitter,
+                                    cfg.erase_p).to(device)
         if len(images) < cfg.batch_size:
             raise DataError(f"only {len(images)} training images, fewer than one batch of {cfg.batch_size}")
 

@@ -48,9 +48,11 @@ def eval_transform(size: int, mean, std) -> v2.Compose:
 class BatchAugment(torch.nn.Module):
     """The v1/v2 recipe over a uint8 batch (B, C, H, W) -> float views (B, C, size, size), normalised."""
 
-    def __init__(self, recipe: str, size: int, mean, std, min_scale: float = 0.2):
+    def __init__(self, recipe: str, size: int, mean, std, min_scale: float = 0.2, jitter: float = 0.4,
+                 erase_p: float = 0.0):
         super().__init__()
         self.recipe, self.size, self.min_scale = recipe, size, min_scale
+        self.jitter, self.erase_p = jitter, erase_p
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -100,12 +102,31 @@ class BatchAugment(torch.nn.Module):
         y = F.conv2d(y, k1.view(B * C, 1, 1, ks), groups=B * C)
         return y.view(B, C, H, W)
 
+    def _erase(self, x: torch.Tensor, g, p: float) -> torch.Tensor:
+        """Random erasing (Zhong et al. 2020): one rectangle of 2-20 % of the area set to grey, with prob. p."""
+        B, _, H, W = x.shape
+        u = torch.rand(B, 5, generator=g, device=x.device)
+        area = 0.02 + 0.18 * u[:, 0]
+        ratio = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * u[:, 1])
+        h = (torch.sqrt(area * ratio) * H).clamp(1, H)  # (B,) rectangle sides in pixels
+        w = (torch.sqrt(area / ratio) * W).clamp(1, W)
+        top = u[:, 2] * (H - h)
+        left = u[:, 3] * (W - w)
+        rows = torch.arange(H, device=x.device).view(1, H, 1)
+        cols = torch.arange(W, device=x.device).view(1, 1, W)
+        box = ((rows >= top.view(B, 1, 1)) & (rows < (top + h).view(B, 1, 1))
+               & (cols >= left.view(B, 1, 1)) & (cols < (left + w).view(B, 1, 1)))  # (B, H, W)
+        box &= (u[:, 4] < p).view(B, 1, 1)
+        return torch.where(box.unsqueeze(1), 0.5, x)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = self._crop_flip(x.float() / 255.0, generator)
         if self.recipe == "v1":
-            x = self._jitter(x, generator, p=1.0, strength=0.4)
+            x = self._jitter(x, generator, p=1.0, strength=self.jitter)
         else:
-            x = self._jitter(x, generator, p=0.8, strength=0.4)
+            x = self._jitter(x, generator, p=0.8, strength=self.jitter)
             x = self._blur(x, generator, p=0.5)
+        if self.erase_p > 0:
+            x = self._erase(x, generator, self.erase_p)
         return (x - self.mean) / self.std

@@ -120,7 +120,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model.train()
         t_epoch, seen, loss_sum, n_loss = time.time(), 0, torch.zeros((), device=device), 0
         bar = tqdm(data.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, dynamic_ncols=True, leave=False)
+                   disable=not cfg.progress, dynamic_ncols=True, leave=False, mininterval=0.5)
         for i, (v1, v2) in enumerate(bar):
             if cfg.channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
@@ -141,7 +141,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                         f"kept ({os.path.join(cfg.out, 'last.pt')}); lower --lr or check the data")
                 lr = scheduler.get_last_lr()[0]
                 metrics.step(step, value, lr)
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", pairs_s=f"{seen / (time.time() - t_epoch):.0f}")
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", pairs_s=f"{seen / (time.time() - t_epoch):.0f}",
+                                refresh=False)  # drawn at the bar's own pace (mininterval), not every step
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         bar.close()

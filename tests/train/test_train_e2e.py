@@ -81,7 +81,8 @@ def test_export_round_trip(tmp_path):
     from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD
     from fastmoco.models import build_backbone
 
-    net = build_backbone("resnet18", 8, "small", 1)
+    cfg = _cfg(tmp_path)
+    net = build_backbone(cfg.arch, cfg.width, cfg.stem, 1)
     net.load_state_dict(sd)
     net.eval()
     images = load_fmnist(FMNIST_DIR, train=False)[0][:5].float() / 255.0  # as the dataset stores them
