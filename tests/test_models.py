@@ -113,3 +113,12 @@ def test_bad_model_arguments():
         build_backbone("vgg", 8, "small", 1)
     with pytest.raises(ValueError, match="K must be >= 1"):
         MoCo(torch.nn.Identity(), 4, K=0)
+
+
+def test_autocast_bf16_step_runs_and_queue_stays_fp32():
+    model = _moco()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, keys = model(torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28))
+    loss.backward()
+    model.enqueue(keys)
+    assert torch.isfinite(loss) and model.queue.dtype == torch.float32 and model.ptr.item() == 8

@@ -73,7 +73,10 @@ class MoCo(nn.Module):
 
     def _loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         fn = ops.infonce if self.ops_impl == "fused" else ops.infonce_reference
-        return fn(q, k, self.queue, self.T)
+        # under autocast q and k arrive in bf16/fp16 while the queue is kept in fp32: the loss runs in the
+        # queue's dtype (the ops want one dtype; the fused op accumulates in fp32 anyway)
+        dtype = self.queue.dtype
+        return fn(q.to(dtype), k.to(dtype), self.queue, self.T)
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
         """Returns (loss, keys to enqueue). Symmetric: both views serve as query and key, both keys are queued."""

@@ -65,7 +65,8 @@ def _infonce_op(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tupl
         from fastmoco.kernels.infonce import infonce_forward
 
         return infonce_forward(q, k, queue, temperature)
-    return _forward_chunked(q, k, queue, temperature)
+    with torch.autocast(q.device.type, enabled=False):  # the op's dtypes are its own, even inside autocast
+        return _forward_chunked(q, k, queue, temperature)
 
 
 @_infonce_op.register_fake

@@ -146,3 +146,10 @@ def test_cuda_compile_fullgraph():
     q, k, queue = _inputs(64, 128, 4096, torch.bfloat16, device="cuda")
     out = torch.compile(lambda a, b, c: ops.infonce(a, b, c, 0.2), fullgraph=True)(q, k, queue)
     torch.testing.assert_close(out.float(), ops.infonce_reference(q, k, queue, 0.2).float(), atol=3e-2, rtol=3e-2)
+
+
+def test_inside_autocast_matches_outside():
+    q, k, queue = _inputs(6, 16, 300, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ops.infonce(q, k, queue, 0.2)
+    torch.testing.assert_close(inside, ops.infonce(q, k, queue, 0.2))
