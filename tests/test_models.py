@@ -9,8 +9,7 @@ from fastmoco.train.export import backbone_state_dict
 
 def _moco(**kw):
     cfg = TrainConfig(width=4, K=32, batch_size=8, bn_splits=2, **kw).resolved()
-    cfg.in_channels = 1
-    return MoCo.from_config(cfg)
+    return MoCo.from_config(cfg, in_channels=1)
 
 
 def test_width_64_imagenet_stem_is_torchvision_resnet():
@@ -24,8 +23,7 @@ def test_width_64_imagenet_stem_is_torchvision_resnet():
 
 def test_moco_state_dict_keys_export_to_torchvision():
     cfg = TrainConfig(arch="resnet18", width=64, stem="imagenet", K=16, bn_splits=1).resolved()
-    cfg.in_channels = 3
-    sd = backbone_state_dict(MoCo.from_config(cfg).state_dict())
+    sd = backbone_state_dict(MoCo.from_config(cfg, in_channels=3).state_dict())
     missing, unexpected = torchvision.models.resnet18().load_state_dict(sd, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
 

@@ -47,8 +47,9 @@ class MoCo(nn.Module):
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))  # (1,) next row to write
 
     @classmethod
-    def from_config(cls, cfg) -> "MoCo":
-        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, cfg.in_channels, cfg.bn_splits)
+    def from_config(cls, cfg, in_channels: int) -> "MoCo":
+        """Build from a TrainConfig-like object; ``in_channels`` comes from the data (1 for Fashion-MNIST)."""
+        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels, cfg.bn_splits)
         return cls(backbone, backbone.feat_dim, cfg.dim, cfg.K, cfg.m, cfg.T, cfg.head, cfg.symmetric, cfg.ops,
                    cfg.ema_bn_buffers)
 

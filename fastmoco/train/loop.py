@@ -1,5 +1,4 @@
 """The training loop: data -> MoCo step -> EMA + enqueue, with per-epoch atomic checkpoints, kNN, metrics."""
-import dataclasses
 import math
 import os
 import random
@@ -75,9 +74,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     _seed_all(cfg.seed)
 
     data = build_data(cfg, device)
-    model_cfg = dataclasses.replace(cfg, image_size=data.image_size)
-    model_cfg.in_channels = data.in_channels
-    model = MoCo.from_config(model_cfg).to(device)
+    model = MoCo.from_config(cfg, data.in_channels).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
