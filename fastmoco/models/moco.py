@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmoco import ops
+from fastmoco.ops.ema import ema_pairs
 
 from .backbones import build_backbone
 from .heads import projection_head
@@ -91,19 +92,10 @@ class MoCo(nn.Module):
         return loss, torch.cat([k2, k1])
 
     # -- after the optimizer step ------------------------------------------------------------------------------
-    def _ema_pairs(self):
-        dst, src = list(self.encoder_k.parameters()), list(self.encoder_q.parameters())
-        if self.bn_buffers_ema:  # average BN running statistics too (else they are the key encoder's own)
-            for bk, bq in zip(self.encoder_k.buffers(), self.encoder_q.buffers()):
-                if bk.is_floating_point():
-                    dst.append(bk)
-                    src.append(bq)
-        return dst, src
-
     @torch.no_grad()
     def momentum_update(self, m: float | None = None) -> None:
         m = self.m if m is None else m
-        dst, src = self._ema_pairs()
+        dst, src = ema_pairs(self.encoder_k, self.encoder_q, self.bn_buffers_ema)
         if self.ops_impl == "fused":
             ops.ema_(dst, src, m)
         else:

@@ -85,21 +85,24 @@ def ema_(dst: Iterable[Tensor], src: Iterable[Tensor], momentum: float) -> None:
         torch.ops.fastmoco.ema_(dst, src, momentum)
 
 
+def ema_pairs(target: torch.nn.Module, source: torch.nn.Module, include_buffers: bool = False):
+    """(dst, src) lists for an EMA of ``source`` into ``target``: parameters, plus float buffers (BN running
+    statistics) when asked; integer buffers such as num_batches_tracked are left alone."""
+    dst, src = list(target.parameters()), list(source.parameters())
+    if include_buffers:
+        for bd, bs in zip(target.buffers(), source.buffers()):
+            if bd.is_floating_point():
+                dst.append(bd)
+                src.append(bs)
+    return dst, src
+
+
 class EMA(torch.nn.Module):
     """Keeps ``target``'s parameters (and optionally float buffers) an EMA of ``source``'s: ``EMA(key, query)(m)``."""
 
     def __init__(self, target: torch.nn.Module, source: torch.nn.Module, include_buffers: bool = False):
         super().__init__()
-        self.target, self.source, self.include_buffers = [target], [source], include_buffers
-
-    def _pairs(self):
-        dst, src = list(self.target[0].parameters()), list(self.source[0].parameters())
-        if self.include_buffers:
-            for bd, bs in zip(self.target[0].buffers(), self.source[0].buffers()):
-                if bd.is_floating_point():
-                    dst.append(bd)
-                    src.append(bs)
-        return dst, src
+        self.target, self.source, self.include_buffers = [target], [source], include_buffers  # lists: not submodules
 
     def forward(self, momentum: float) -> None:
-        ema_(*self._pairs(), momentum)
+        ema_(*ema_pairs(self.target[0], self.source[0], self.include_buffers), momentum)
