@@ -29,7 +29,6 @@ if not _flag("FASTMOCO_NO_NATIVE"):
     want_cuda = _flag("FASTMOCO_CUDA") or torch.cuda.is_available()
     sources = ["csrc/enqueue.cpp", "csrc/ema.cpp"]
     extra = {"cxx": ["-O3"]}
-    link = []
     if want_cuda:
         os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
@@ -38,9 +37,9 @@ if not _flag("FASTMOCO_NO_NATIVE"):
         sources.append("csrc/enqueue_cuda.cu")
         extra["cxx"].append("-DFASTMOCO_WITH_CUDA")
         extra["nvcc"] = ["-O3", "-DFASTMOCO_WITH_CUDA"]
-        ext = cpp_extension.CUDAExtension("fastmoco._C", sources, extra_compile_args=extra, extra_link_args=link)
+        ext = cpp_extension.CUDAExtension("fastmoco._C", sources, extra_compile_args=extra)
     else:
-        ext = cpp_extension.CppExtension("fastmoco._C", sources, extra_compile_args=extra, extra_link_args=link)
+        ext = cpp_extension.CppExtension("fastmoco._C", sources, extra_compile_args=extra)
     ext_modules.append(ext)
 
     class OptionalBuildExt(cpp_extension.BuildExtension):

@@ -1,7 +1,7 @@
 """Multi-tensor EMA: dst_i <- momentum * dst_i + (1 - momentum) * src_i for every pair, in place.
 
-``fastmoco::ema_`` is defined by the native extension with its C++ CPU kernel (``csrc/ema.cpp``: one parallel
-region over all tensors); its CUDA kernel, registered here, is one Triton launch per dtype over dense pairs
+``fastmoco::ema_`` is defined by the native extension with its C++ CPU kernel (``csrc/ema.cpp``: every check up
+front, then ``at::_foreach_lerp_``); its CUDA kernel, registered here, is one Triton launch per dtype over dense pairs
 (``kernels/ema.py``), with ``torch._foreach_lerp_`` for pairs whose memory is not dense. Without the extension the
 op is defined here over ``torch._foreach_lerp_``. The per-parameter loop of the original code is
 :func:`fastmoco.ops.reference.ema_reference_`.
