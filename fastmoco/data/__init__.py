@@ -2,8 +2,10 @@
 
 ``build_data(cfg, device)`` picks the source from ``cfg.data``: a folder holding Fashion-MNIST's IDX files (the
 embedded default) is loaded into memory and augmented a batch at a time; any other folder is an ImageFolder read
-by DataLoader workers with per-sample torchvision.transforms.v2. Every epoch's order and augmentation draws come
-from a generator seeded with (seed, epoch), so a run resumed at an epoch boundary sees the same batches.
+by DataLoader workers with per-sample torchvision.transforms.v2. Every epoch's order comes from (seed, epoch) and
+every micro-batch's augmentation draws from its position in that order, so a run resumed anywhere, even mid-epoch
+or with another process count, sees the same batches as the uninterrupted run. Under torchrun each process
+takes its own slice of every step (see ``_Sharded``).
 """
 import copy
 
@@ -23,10 +25,49 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-class TensorData:
+def _batch_seed(seed: int, epoch: int, start: int) -> int:
+    """The augmentation seed of the micro-batch that starts at position ``start`` of the epoch's order: draws
+    depend on where a batch sits in the epoch, not on how the loop got there (resume, process count)."""
+    return ((seed * 100_003 + epoch) * 1_000_003 + start) % (1 << 62)
+
+
+class _Sharded:
+    """The epoch plan shared by every source: one shuffled order per (seed, epoch), identical on every rank;
+    an optimizer step takes ``batch * world * accum`` consecutive samples of it, micro-batch j of rank r the
+    slice at ``(j * world + r) * batch``. Across ranks every image appears exactly once per epoch (the last
+    partial step is dropped: Split-BN and shuffle-BN need full, equal batches)."""
+
+    def __init__(self, cfg, num_samples: int, rank: int, world: int):
+        self.batch_size, self.seed, self.rank, self.world = cfg.batch_size, cfg.seed, rank, world
+        self.accum, self.num_samples = cfg.accum_steps, num_samples
+        self.samples_per_step = cfg.batch_size * world * cfg.accum_steps
+        if num_samples < self.samples_per_step:
+            raise DataError(f"only {num_samples} training images, fewer than one optimizer step of "
+                            f"{self.samples_per_step} (batch {cfg.batch_size} x {world} process(es) x "
+                            f"{cfg.accum_steps} micro-batch(es))")
+
+    def __len__(self):
+        """Optimizer steps in a full epoch."""
+        return self.num_samples // self.samples_per_step
+
+    def steps(self, skip: int = 0) -> int:
+        """Optimizer steps left in an epoch once ``skip`` of its samples are done."""
+        return (self.num_samples - skip) // self.samples_per_step
+
+    def plan(self, epoch: int, skip: int = 0):
+        """(start position, sample indices) of this rank's micro-batches, from sample ``skip`` of the epoch."""
+        order = torch.randperm(self.num_samples, generator=_epoch_generator(self.seed, epoch))
+        for s in range(self.steps(skip)):
+            for j in range(self.accum):
+                start = skip + s * self.samples_per_step + (j * self.world + self.rank) * self.batch_size
+                yield start, order[start:start + self.batch_size]
+
+
+class TensorData(_Sharded):
     """In-memory uint8 images (Fashion-MNIST): batched augmentation, no workers."""
 
-    def __init__(self, cfg, device, images, labels, test_images, test_labels):
+    def __init__(self, cfg, device, images, labels, test_images, test_labels, rank=0, world=1):
+        super().__init__(cfg, len(images), rank, world)
         self.device = torch.device(device)
         self.images, self.labels = images, labels  # (N, 1, 28, 28) uint8, (N,)
         self.test_images, self.test_labels = test_images, test_labels
@@ -34,22 +75,15 @@ class TensorData:
         self.in_channels = images.shape[1]
         self.image_size = cfg.image_size or images.shape[-1]
         self.mean, self.std = FMNIST_MEAN, FMNIST_STD
-        self.batch_size, self.seed = cfg.batch_size, cfg.seed
         self.augment = BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale, cfg.jitter,
                                     cfg.erase_p).to(device)
-        if len(images) < cfg.batch_size:
-            raise DataError(f"only {len(images)} training images, fewer than one batch of {cfg.batch_size}")
 
-    def __len__(self):
-        return len(self.images) // self.batch_size  # drop_last: Split-BN needs full batches
-
-    def epoch(self, epoch: int):
-        g = _epoch_generator(self.seed, epoch)
-        order = torch.randperm(len(self.images), generator=g)
-        for b in range(len(self)):
-            x = self.images[order[b * self.batch_size:(b + 1) * self.batch_size]].to(self.device)
-            gd = g if self.device.type == "cpu" else None  # CUDA draws use the device's (checkpointed) RNG
-            yield self.augment(x, gd), self.augment(x, gd)
+    def epoch(self, epoch: int, skip: int = 0):
+        """This rank's micro-batches of two views, from sample ``skip`` of the epoch on."""
+        for start, idx in self.plan(epoch, skip):
+            x = self.images[idx].to(self.device)  # (B, 1, 28, 28) uint8
+            g = torch.Generator(self.device).manual_seed(_batch_seed(self.seed, epoch, start))
+            yield self.augment(x, g), self.augment(x, g)
 
     def _eval_batches(self, images, batch: int = 1024):
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
@@ -66,28 +100,26 @@ class TensorData:
                 lambda: self._eval_batches(self.test_images), self.test_labels)
 
 
-class FolderData:
-    """An ImageFolder: DataLoader workers run the per-sample v2 pipeline twice per image."""
+class FolderData(_Sharded):
+    """An ImageFolder: DataLoader workers run the per-sample v2 pipeline twice per image, each image's draws
+    seeded by its position in the epoch (so neither the worker count nor a resume changes them)."""
 
-    def __init__(self, cfg, device, train_ds, val_ds):
+    def __init__(self, cfg, device, train_ds, val_ds, rank=0, world=1):
+        super().__init__(cfg, len(train_ds), rank, world)
         self.device = torch.device(device)
         self.image_size = cfg.image_size or 32
         self.in_channels, self.raw_shape = 3, None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.batch_size, self.seed, self.workers = cfg.batch_size, cfg.seed, cfg.workers
+        self.workers = cfg.workers
         self.train_ds, self.val_ds = train_ds, val_ds
         view = view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale)
         self.pairs = TwoViews(train_ds, view)
-        if len(train_ds) < cfg.batch_size:
-            raise DataError(f"only {len(train_ds)} training images, fewer than one batch of {cfg.batch_size}")
 
-    def __len__(self):
-        return len(self.pairs) // self.batch_size
-
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, skip: int = 0):
+        batches = [[(int(i), _batch_seed(self.seed, epoch, start) + j) for j, i in enumerate(idx)]
+                   for start, idx in self.plan(epoch, skip)]
         loader = torch.utils.data.DataLoader(
-            self.pairs, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=self.workers,
-            generator=_epoch_generator(self.seed, epoch), pin_memory=self.device.type == "cuda",
+            self.pairs, batch_sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
         for v1, v2 in loader:
             yield v1.to(self.device, non_blocking=True), v2.to(self.device, non_blocking=True)
@@ -106,16 +138,17 @@ class FolderData:
                 lambda: self._eval_batches(self.val_ds), torch.tensor(self.val_ds.targets))
 
 
-def build_data(cfg, device):
+def build_data(cfg, device, rank: int = 0, world: int = 1):
+    """The training source for ``cfg``, sharded for process ``rank`` of ``world``."""
     if is_fmnist_dir(cfg.data):
         images, labels = load_fmnist(cfg.data, train=True)
         test_images, test_labels = load_fmnist(cfg.data, train=False)
         if cfg.subset:
             images, labels = images[:cfg.subset], labels[:cfg.subset]
-        return TensorData(cfg, device, images, labels, test_images, test_labels)
+        return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world)
     train_ds = image_folder(cfg.data)
     if cfg.subset:
         train_ds.samples = train_ds.imgs = train_ds.samples[:cfg.subset]
         train_ds.targets = train_ds.targets[:cfg.subset]
     val_ds = image_folder(cfg.val) if cfg.val else None
-    return FolderData(cfg, device, train_ds, val_ds)
+    return FolderData(cfg, device, train_ds, val_ds, rank, world)

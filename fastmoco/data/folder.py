@@ -45,6 +45,12 @@ class TwoViews(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.ds)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        """``item``: an index, or (index, seed) to draw both views from torch's RNG seeded with ``seed``."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
         img = self.ds.loader(self.ds.samples[i][0])
-        return self.transform(img), self.transform(img)
+        if seed is None:
+            return self.transform(img), self.transform(img)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed(seed)
+            return self.transform(img), self.transform(img)

@@ -8,6 +8,8 @@ One training step, as the trainer runs it::
     moco.enqueue(keys)                       # ring-buffer write, pointer stays on the device (ops.enqueue_)
 
 ``queue`` (K, dim) and ``ptr`` (1,) int64 are buffers, so they live in the state_dict and in every checkpoint.
+``key_shuffle`` is the BN guard around the key encoder: ``LocalShuffle`` (with Split-BN) in one process; a
+distributed run plugs in a cross-process shuffle with the same interface.
 """
 import copy
 
@@ -46,6 +48,7 @@ class MoCo(nn.Module):
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))  # (K, dim) negative keys
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))  # (1,) next row to write
+        self.key_shuffle = LocalShuffle()
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "MoCo":
@@ -59,19 +62,12 @@ class MoCo(nn.Module):
         """The query encoder's backbone: what kNN, linear evaluation and export use."""
         return self.encoder_q.backbone
 
-    # -- the BN guard -------------------------------------------------------------------------------------------
-    def _shuffle(self, x: torch.Tensor):
-        """Permute the key batch before the key encoder so Split-BN sub-batches differ from the queries'.
-
-        The hook point for DDP: a distributed subclass shuffles across ranks here (shuffle-BN).
-        """
-        perm = torch.randperm(x.shape[0], device=x.device)
-        return x[perm], torch.argsort(perm)
-
+    # -- the step's pieces -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        x, unshuffle = self._shuffle(x)
-        return F.normalize(self.encoder_k(x), dim=1)[unshuffle]  # (N, dim)
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised keys (N, dim) of ``x`` from the key encoder, behind the BN guard."""
+        x, undo = self.key_shuffle(x)
+        return undo(F.normalize(self.encoder_k(x), dim=1))  # (N, dim)
 
     def _loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         fn = ops.infonce if self.ops_impl == "fused" else ops.infonce_reference
@@ -80,14 +76,17 @@ class MoCo(nn.Module):
         dtype = self.queue.dtype
         return fn(q.to(dtype), k.to(dtype), self.queue, self.T)
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
-        """Returns (loss, keys to enqueue). Symmetric: both views serve as query and key, both keys are queued."""
-        q1 = F.normalize(self.encoder_q(im_q), dim=1)  # (N, dim)
-        k2 = self._keys(im_k)  # (N, dim)
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, encoder_q: nn.Module | None = None):
+        """Returns (loss, keys to enqueue). ``encoder_q`` replaces the query encoder in the call (its DDP
+        wrapper in a distributed run). Symmetric: both views serve as query and key (one query forward over both
+        views, so DDP sees one forward per backward), and both keys are queued."""
+        encoder_q = self.encoder_q if encoder_q is None else encoder_q
         if not self.symmetric:
-            return self._loss(q1, k2), k2
-        q2 = F.normalize(self.encoder_q(im_k), dim=1)
-        k1 = self._keys(im_q)
+            q = F.normalize(encoder_q(im_q), dim=1)  # (N, dim)
+            k = self.keys(im_k)  # (N, dim)
+            return self._loss(q, k), k
+        q1, q2 = F.normalize(encoder_q(torch.cat([im_q, im_k])), dim=1).chunk(2)  # (N, dim) each
+        k2, k1 = self.keys(im_k), self.keys(im_q)
         loss = 0.5 * (self._loss(q1, k2) + self._loss(q2, k1))
         return loss, torch.cat([k2, k1])
 
@@ -111,11 +110,22 @@ class MoCo(nn.Module):
             ops.enqueue_reference_(self.queue, self.ptr, keys)
 
 
+class LocalShuffle:
+    """One process: permute the key batch before the key encoder so that, with Split-BN, a key is normalised
+    with other images' statistics than its query; ``undo`` puts the encoded keys back in order."""
+
+    def __call__(self, x: torch.Tensor):
+        perm = torch.randperm(x.shape[0], device=x.device)  # (N,)
+        inverse = torch.argsort(perm)
+        return x[perm], lambda k: k[inverse]
+
+
 @torch.no_grad()
 def gather_keys(keys: torch.Tensor) -> torch.Tensor:
-    """(N, C) on each of W ranks -> (W*N, C) on every rank; the identity outside a distributed run."""
+    """(N, ...) on each of W ranks -> (W*N, ...) on every rank, rank 0's rows first; the identity outside a
+    distributed run."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return keys
-    out = keys.new_empty((dist.get_world_size() * keys.shape[0], keys.shape[1]))  # (W*N, C)
+    out = keys.new_empty((dist.get_world_size() * keys.shape[0], *keys.shape[1:]))  # (W*N, ...)
     dist.all_gather_into_tensor(out, keys.contiguous())
     return out

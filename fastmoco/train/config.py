@@ -18,6 +18,16 @@ class ConfigError(ValueError):
     """A bad configuration value; the CLI prints it as one line."""
 
 
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+# Defaults that depend on the device, for the fields left unset (None). CPU: fp32 (bf16 autocast measured ~4.5x
+# slower on the AVX2 dev CPU), NCHW, eager (the compiled step measured slower there once its compile time is
+# counted: benchmarks/RESULTS.md section 3). CUDA: bf16 autocast, channels-last and the compiled step.
+DEVICE_DEFAULTS = {
+    "cpu": dict(amp=False, channels_last=False, compile=False),
+    "cuda": dict(amp=True, channels_last=True, compile=True),
+}
+
+
 # What a preset decides, for the fields the user left unset (None). v1 and v2 are the papers' recipes; "fmnist"
 # (the default) is v2 tuned by measurement for ~10 minutes on 2 CPU cores (benchmarks/RESULTS.md section 2):
 # Fashion-MNIST's objects are centred and aligned, and near-full crops (0.9) with stronger photometric
@@ -50,7 +60,11 @@ class TrainConfig:
     arch: str = field(default="resnet18", metadata=dict(help="resnet10 | resnet18 | resnet34 | resnet50"))
     width: int = field(default=16, metadata=dict(help="base width (64 = torchvision's nets)"))
     stem: str = field(default="small-s2", metadata=dict(help="small (3x3/1) | small-s2 (3x3/2) | imagenet (7x7/2+pool)"))
-    bn_splits: int = field(default=8, metadata=dict(help="Split-BN sub-batches on one device (1 = plain BN)"))
+    bn_splits: Optional[int] = field(default=None, metadata=dict(
+        help="Split-BN sub-batches per process (1 = plain BN; default 8 in one process, 1 under torchrun)"))
+    sync_bn: bool = field(default=False, metadata=dict(
+        help="SyncBatchNorm across processes instead of shuffle-BN (CUDA; note it lets BN statistics span the "
+             "positive pair)"))
     head: Optional[str] = field(default=None, metadata=dict(help="linear | mlp (preset)"))
     dim: int = field(default=128, metadata=dict(help="embedding size"))
     K: int = field(default=4096, metadata=dict(help="queue size (negative keys)"))
@@ -62,36 +76,73 @@ class TrainConfig:
     ops: str = field(default="fused", metadata=dict(help="fused | reference (the naive original-code path)"))
     # optimisation
     epochs: int = field(default=20, metadata=dict(help="training epochs"))
-    batch_size: int = field(default=128, metadata=dict(help="images per step (per process)"))
-    lr: float = field(default=0.03, metadata=dict(help="base SGD learning rate"))
+    batch_size: int = field(default=128, metadata=dict(help="images per micro-batch, per process"))
+    accum_steps: int = field(default=1, metadata=dict(
+        help="micro-batches per optimizer step (the EMA and the enqueue run once per optimizer step)"))
+    lr: float = field(default=0.03, metadata=dict(help="SGD learning rate (for the global batch, see lr_ref_batch)"))
+    lr_ref_batch: int = field(default=0, metadata=dict(
+        help="linear scaling: lr is meant for this global batch and is scaled by global/lr_ref_batch (0 = off)"))
     sgd_momentum: float = field(default=0.9, metadata=dict(help="SGD momentum"))
     weight_decay: float = field(default=5e-4, metadata=dict(help="SGD weight decay"))
     warmup_epochs: float = field(default=0.0, metadata=dict(help="linear LR warm-up, in epochs"))
     schedule: Optional[str] = field(default=None, metadata=dict(help="cosine | step (preset)"))
     lr_steps: str = field(default="0.6,0.8", metadata=dict(help="step schedule: fractions of training at which lr *= 0.1"))
-    amp: bool = field(default=False, metadata=dict(help="autocast (slow on CPUs without bf16 units)"))
+    amp: Optional[bool] = field(default=None, metadata=dict(help="autocast (default: on for CUDA, off for CPU)"))
     amp_dtype: str = field(default="bf16", metadata=dict(help="bf16 | fp16 (fp16 adds a GradScaler)"))
-    channels_last: bool = field(default=False, metadata=dict(help="channels-last memory format"))
+    channels_last: Optional[bool] = field(default=None, metadata=dict(
+        help="channels-last memory format (default: on for CUDA, off for CPU)"))
+    compile: Optional[bool] = field(default=None, metadata=dict(
+        help="torch.compile the step (default: on for CUDA, off for CPU, where it measured slower)"))
+    compile_mode: str = field(default="default", metadata=dict(help="default | max-autotune | reduce-overhead"))
     # monitoring and output
     knn_every: int = field(default=0, metadata=dict(help="kNN accuracy every N epochs (0 = only at the end)"))
     knn_k: int = field(default=200, metadata=dict(help="kNN neighbours"))
     knn_t: float = field(default=0.1, metadata=dict(help="kNN temperature"))
     out: str = field(default="runs/fastmoco", metadata=dict(help="run directory"))
     resume: Optional[str] = field(default=None, metadata=dict(help="auto (OUT/last.pt if present) or a checkpoint path"))
+    overwrite: bool = field(default=False, metadata=dict(help="start afresh in an --out that already holds a run"))
     seed: int = field(default=0, metadata=dict(help="random seed"))
     device: str = field(default="auto", metadata=dict(help="auto | cpu | cuda | cuda:N"))
     threads: int = field(default=0, metadata=dict(help="torch CPU threads (0 = torch's default)"))
     progress: bool = field(default=True, metadata=dict(help="tqdm progress bar"))
     max_steps: int = field(default=0, metadata=dict(help="stop after this many steps in total (0 = no limit)"))
+    save_every_min: float = field(default=0.0, metadata=dict(
+        help="also checkpoint inside an epoch every M minutes (0 = at epoch ends only)"))
 
     # -- resolution and checks -------------------------------------------------------------------------------
     def resolved(self) -> "TrainConfig":
+        """The preset's values filled in and every value checked (device-dependent fields may stay None)."""
+        _check_types(self)
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         filled = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **filled)
         cfg.validate()
         return cfg
+
+    def for_runtime(self, device_type: str, world_size: int) -> "TrainConfig":
+        """The fields left to the device and the process count, filled in (what the run saves and uses)."""
+        filled = {k: v for k, v in DEVICE_DEFAULTS[device_type].items() if getattr(self, k) is None}
+        if self.bn_splits is None:
+            filled["bn_splits"] = 8 if world_size == 1 and not self.sync_bn else 1
+        cfg = dataclasses.replace(self, **filled)
+        cfg.validate()
+        if cfg.sync_bn and world_size > 1 and device_type != "cuda":
+            raise ConfigError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
+                              "on CPU the default cross-process shuffle-BN guards BN")
+        if cfg.sync_bn and cfg.bn_splits != 1:
+            raise ConfigError(f"sync_bn replaces Split-BN: pass --bn-splits 1 (got {cfg.bn_splits})")
+        return cfg
+
+    def global_batch(self, world_size: int) -> int:
+        """Images per optimizer step over all processes."""
+        return self.batch_size * self.accum_steps * world_size
+
+    def lr_for(self, world_size: int) -> float:
+        """The learning rate used: ``lr``, or linearly scaled to the global batch when lr_ref_batch is set."""
+        if not self.lr_ref_batch:
+            return self.lr
+        return self.lr * self.global_batch(world_size) / self.lr_ref_batch
 
     def validate(self) -> None:
         from fastmoco.models import ARCHS, STEMS
@@ -116,9 +167,15 @@ class TrainConfig:
         need(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
-        need(self.bn_splits >= 1, f"bn_splits must be >= 1, got {self.bn_splits}")
-        need(self.batch_size % self.bn_splits == 0,
-             f"batch_size {self.batch_size} must be divisible by bn_splits {self.bn_splits}")
+        if self.bn_splits is not None:
+            need(self.bn_splits >= 1, f"bn_splits must be >= 1, got {self.bn_splits}")
+            need(self.batch_size % self.bn_splits == 0,
+                 f"batch_size {self.batch_size} must be divisible by bn_splits {self.bn_splits}")
+        need(self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}")
+        need(self.lr_ref_batch >= 0, f"lr_ref_batch must be >= 0, got {self.lr_ref_batch}")
+        need(self.save_every_min >= 0, f"save_every_min must be >= 0, got {self.save_every_min}")
+        need(self.compile_mode in COMPILE_MODES,
+             f"unknown compile_mode {self.compile_mode!r}; choose one of {list(COMPILE_MODES)}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.sgd_momentum < 1, f"sgd_momentum must be in [0, 1), got {self.sgd_momentum}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -164,11 +221,24 @@ class TrainConfig:
         return data
 
 
-def _arg_type(f):
-    base = {"Optional[str]": str, "Optional[float]": float}.get(str(f.type).replace("typing.", ""), None)
-    if base is None:
-        base = {int: int, float: float, str: str, "int": int, "float": float, "str": str}.get(f.type, str)
-    return base
+def _base_type(f):
+    """The Python type a field holds (Optional[...] unwrapped)."""
+    name = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    name = name[len("Optional["):-1] if name.startswith("Optional[") else name
+    return {"str": str, "float": float, "int": int, "bool": bool}[name]
+
+
+def _check_types(cfg) -> None:
+    """YAML and Python callers can pass anything: a string where a bool belongs must not turn an option on."""
+    for f in fields(cfg):
+        value, want = getattr(cfg, f.name), _base_type(f)
+        if value is None and "Optional" in str(f.type):
+            continue
+        ok = (isinstance(value, bool) if want is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+              isinstance(value, int) and not isinstance(value, bool) if want is int else isinstance(value, str))
+        if not ok:
+            raise ConfigError(f"{f.name} must be {want.__name__}, got {value!r} ({type(value).__name__})")
 
 
 def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
@@ -179,10 +249,10 @@ def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "") + f" (default: {f.default})"
-        if f.type in (bool, "bool"):
+        if _base_type(f) is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         else:
-            p.add_argument(flag, dest=f.name, type=_arg_type(f), help=help_, metavar=f.name.upper())
+            p.add_argument(flag, dest=f.name, type=_base_type(f), help=help_, metavar=f.name.upper())
     return p
 
 

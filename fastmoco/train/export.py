@@ -5,7 +5,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from fastmoco.models import build_backbone
 
@@ -36,12 +35,15 @@ def backbone_state_dict(model_state: dict) -> dict:
 
 
 def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise ConfigError(f"{run_dir} is not a fastmoco run directory (no config.yaml)")
-    with open(cfg_path) as fh:
-        cfg = TrainConfig(**yaml.safe_load(fh))
-    state = ckpt_io.load(checkpoint or os.path.join(run_dir, "last.pt"))
+    path = checkpoint or os.path.join(run_dir, "last.pt")
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir} is not a directory")
+    if not checkpoint and not os.path.isfile(path):
+        raise ConfigError(f"{run_dir} is not a fastmoco run directory (no last.pt)")
+    state = ckpt_io.load(path)
+    if "config" not in state:
+        raise ckpt_io.CheckpointError(f"checkpoint {path} holds no training config; re-run training with this version")
+    cfg = TrainConfig(**state["config"])  # the checkpoint's own settings, not a config.yaml a later run rewrote
     meta = state.get("data")
     if meta is None:
         raise ckpt_io.CheckpointError("checkpoint has no data description; re-run training with this version")

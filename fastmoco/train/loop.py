@@ -1,4 +1,10 @@
-"""The training loop: data -> MoCo step -> EMA + enqueue, with per-epoch atomic checkpoints, kNN, metrics."""
+"""The training loop: data -> MoCo step (compiled, DDP) -> EMA + enqueue, with checkpoints at epoch ends, every
+``save_every_min`` minutes and on SIGTERM/SIGINT, the kNN monitor and the run's metrics.
+
+``train(cfg)`` is ``Trainer(cfg).fit()``. Under torchrun every process runs it; rank 0 alone writes the run
+directory (checkpoints, metrics.csv, TensorBoard, curves.png), draws the progress bar and runs the kNN monitor
+while the others wait at a barrier.
+"""
 import math
 import os
 import random
@@ -12,49 +18,17 @@ from fastmoco.data import build_data
 from fastmoco.models import MoCo
 
 from . import checkpoint as ckpt_io
-from .config import TrainConfig
+from . import distributed
+from .config import ConfigError, TrainConfig
 from .knn import knn_accuracy
 from .metrics import Metrics
+from .schedules import lr_factor, momentum_at
+from .state import Position, RunLock, RunStopped, SaveTimer, StopRequest, build_payload, checkpoint_path, restore
+from .step import MocoStep
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left as it was."""
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: list[float]) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 0.1 ** sum(progress >= m for m in milestones)
-
-
-def momentum_at(step: int, total: int, m0: float, schedule: str) -> float:
-    """const: m0 throughout; cosine: from m0 up to 1 at the last step (MoCo v3 / BYOL)."""
-    if schedule == "const":
-        return m0
-    return 1.0 - (1.0 - m0) * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
-
-def train_step(model, optimizer, scaler, v1, v2, amp_dtype):
-    """One MoCo step up to the optimizer update; returns (detached loss, keys to enqueue)."""
-    with torch.autocast(v1.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss, keys = model(v1, v2)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach(), keys
 
 
 def _seed_all(seed: int):
@@ -63,114 +37,224 @@ def _seed_all(seed: int):
     torch.manual_seed(seed)
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Run (or resume) training as ``cfg`` says; returns a summary with the final kNN accuracy."""
-    t_start = time.time()
-    device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    os.makedirs(cfg.out, exist_ok=True)
-    resume_path = ckpt_io.resolve_resume(cfg.resume, cfg.out)
-    _seed_all(cfg.seed)
+def _prepare_out(cfg: TrainConfig, resume_path) -> None:
+    """The run directory exists, is writable, and holds no other run unless this one resumes or overwrites it."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ConfigError(f"--out {cfg.out} is a file, not a directory")
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {cfg.out} ({exc.strerror})") from None
+    if not os.access(cfg.out, os.W_OK):
+        raise ConfigError(f"the run directory {cfg.out} is not writable")
+    if not resume_path and os.path.exists(checkpoint_path(cfg.out)) and not cfg.overwrite:
+        raise ConfigError(f"{cfg.out} already holds a run ({checkpoint_path(cfg.out)}): continue it with "
+                          "--resume auto, replace it with --overwrite, or choose another --out")
 
-    data = build_data(cfg, device)
-    model = MoCo.from_config(cfg, data.in_channels).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
-                                weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(data)
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    milestones = [float(s) for s in cfg.lr_steps.split(",") if s.strip()]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule, milestones))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype] if cfg.amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    start_epoch, step, history, prior_s = 0, 0, [], 0.0
-    if resume_path:
-        state = ckpt_io.load(resume_path)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ckpt_io.CheckpointError(
-                f"checkpoint {resume_path} does not fit this model/config ({str(exc).splitlines()[0]})") from None
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        ckpt_io.set_rng_state(state["rng"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        prior_s = state.get("elapsed_s", 0.0)
-        log(f"resumed from {resume_path} at epoch {start_epoch}")
-    cfg.save(os.path.join(cfg.out, "config.yaml"))
-    metrics = Metrics(cfg.out, history)
-    knn_sets = data.knn_sets()
-    if knn_sets is None:
-        log("kNN monitor off: no labelled validation set (pass --val DIR for an ImageFolder)")
-    sync_every = 1 if device.type == "cpu" else 20  # NaN check = host sync: every step only where it is free
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.t_start = time.time()
+        self.pg = distributed.setup(cfg.device)
+        self.cfg = cfg = cfg.for_runtime(self.pg.device.type, self.pg.world)
+        self.log = log if self.pg.is_main else (lambda *_: None)
+        self.lock = self.metrics = None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        resume = cfg.resume or ("auto" if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 else None)
+        resume_path = self.pg.broadcast_object(ckpt_io.resolve_resume(resume, cfg.out))  # rank 0 decides
+        if self.pg.is_main:
+            _prepare_out(cfg, resume_path)
+            self.lock = RunLock(cfg.out)
+        _seed_all(cfg.seed)
 
-    data_meta = dict(in_channels=data.in_channels, image_size=data.image_size, raw_shape=data.raw_shape,
-                     mean=data.mean, std=data.std)
-    knn, t_run = None, time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t_epoch, seen, loss_sum, n_loss = time.time(), 0, torch.zeros((), device=device), 0
-        bar = tqdm(data.epoch(epoch), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, dynamic_ncols=True, leave=False, mininterval=0.5)
-        for i, (v1, v2) in enumerate(bar):
-            if cfg.channels_last:
-                v1 = v1.contiguous(memory_format=torch.channels_last)
-                v2 = v2.contiguous(memory_format=torch.channels_last)
-            loss, keys = train_step(model, optimizer, scaler, v1, v2, amp_dtype)
-            scheduler.step()
-            model.momentum_update(momentum_at(step, total, cfg.m, cfg.m_schedule))
-            model.enqueue(keys)
+        self.data = build_data(cfg, self.pg.device, self.pg.rank, self.pg.world)
+        self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.base_lr = cfg.lr_for(self.pg.world)
+        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=self.base_lr,
+                                         momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+        self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
+        self.pos = Position()
+        if resume_path:  # every rank loads the same file, before DDP's first step
+            self.pos = restore(ckpt_io.load(resume_path), self.model, self.optimizer, self.step.scaler, resume_path)
+            self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}")
+        if self.pg.is_main:
+            cfg.save(os.path.join(cfg.out, "config.yaml"))
+            self.metrics = Metrics(cfg.out, self.pos.history)
+        self.log(f"{self.pg.world} process(es) on {self.pg.device.type}; global batch "
+                 f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}")
+        self.data_meta = dict(in_channels=self.data.in_channels, image_size=self.data.image_size,
+                              raw_shape=self.data.raw_shape, mean=self.data.mean, std=self.data.std)
+        # reading the loss is a host sync: every step where that is free (CPU), every 20 steps on CUDA
+        self.check_every = 1 if self.pg.device.type == "cpu" else 20
+
+    # -- schedules ---------------------------------------------------------------------------------------------
+    def _progress(self) -> tuple[float, float]:
+        n = self.data.num_samples
+        return self.pos.epoch + self.pos.samples / n, self.data.samples_per_step / n
+
+    def _set_lr(self, t: float, dt: float) -> float:
+        cfg = self.cfg
+        milestones = [float(s) for s in cfg.lr_steps.split(",") if s.strip()]
+        lr = self.base_lr * lr_factor(t, dt, cfg.epochs, cfg.warmup_epochs, cfg.schedule, milestones)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def _save(self, loss_sum: torch.Tensor | None = None) -> str:
+        path = checkpoint_path(self.cfg.out)
+        if loss_sum is not None:
+            self.pos.loss_sum = float(loss_sum)
+        if self.pg.is_main:
+            elapsed = self.pos.elapsed_s
+            self.pos.elapsed_s = elapsed + time.time() - self.t_run
+            ckpt_io.save_atomic(build_payload(self.model, self.optimizer, self.step.scaler, self.pos, self.cfg,
+                                              self.data_meta, self.pg.world), path)
+            self.pos.elapsed_s = elapsed
+        return path
+
+    # -- one epoch ---------------------------------------------------------------------------------------------
+    def _checks(self, loss: torch.Tensor, stop: StopRequest, timer: SaveTimer):
+        """The step's loss (a host sync) and, agreed by all ranks in one all-reduce: loss non-finite on any rank,
+        stop requested on any rank, mid-epoch save due on any rank."""
+        value = loss.item()
+        return value, self.pg.any_of([not math.isfinite(value), stop.requested, timer.due()])
+
+    def _run_epoch(self, epoch: int, stop: StopRequest, timer: SaveTimer) -> str:
+        """Trains from the position's sample to the epoch's end; returns 'epoch', 'max_steps' or raises."""
+        cfg, pos = self.cfg, self.pos
+        steps = self.data.steps(pos.samples)
+        batches = iter(self.data.epoch(epoch, pos.samples))
+        loss_sum = torch.full((), pos.loss_sum, device=self.pg.device)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.pg.is_main),
+                   dynamic_ncols=True, leave=False, mininterval=0.5)
+        t_epoch, seen = time.time(), 0
+        for i in range(steps):
+            micro = [next(batches) for _ in range(cfg.accum_steps)]
+            t, dt = self._progress()
+            lr = self._set_lr(t, dt)
+            loss = self.step(micro, momentum_at(t, cfg.epochs, cfg.m, cfg.m_schedule))
             loss_sum += loss.float()
-            n_loss += 1
-            step += 1
-            seen += v1.shape[0]
-            if i % sync_every == 0 or i == steps_per_epoch - 1:
-                value = loss.item()
-                if not math.isfinite(value):
+            pos.samples += self.data.samples_per_step
+            pos.step += 1
+            pos.loss_steps += 1
+            seen += self.data.samples_per_step
+            bar.update()
+            if i % self.check_every == 0 or i == steps - 1:
+                value, (bad, stopping, save_due) = self._checks(loss, stop, timer)
+                if bad:
                     raise TrainingDiverged(
-                        f"loss became {value} at epoch {epoch + 1}, step {step}; stopped, last good checkpoint "
-                        f"kept ({os.path.join(cfg.out, 'last.pt')}); lower --lr or check the data")
-                lr = scheduler.get_last_lr()[0]
-                metrics.step(step, value, lr)
+                        f"loss became {value} at epoch {epoch + 1}, step {pos.step}; stopped, last good checkpoint "
+                        f"kept ({checkpoint_path(cfg.out)}); lower --lr or check the data")
+                if self.metrics:
+                    self.metrics.step(pos.step, value, lr)
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", pairs_s=f"{seen / (time.time() - t_epoch):.0f}",
                                 refresh=False)  # drawn at the bar's own pace (mininterval), not every step
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
+                if stopping:
+                    bar.close()
+                    raise RunStopped(stop.signal or "a stop request on another process", self._save(loss_sum), pos)
+                if save_due and i < steps - 1:
+                    self._save(loss_sum)
+                    timer.reset()
+            if cfg.max_steps and pos.step >= cfg.max_steps and i < steps - 1:
+                bar.close()
+                self._save(loss_sum)
+                return "max_steps"
         bar.close()
-        epoch_loss = (loss_sum / max(n_loss, 1)).item()
-        if not math.isfinite(epoch_loss):
-            raise TrainingDiverged(f"loss became {epoch_loss} in epoch {epoch + 1}; stopped, last good checkpoint kept")
-        pairs_s = seen / (time.time() - t_epoch)
-        last = epoch == cfg.epochs - 1 or (cfg.max_steps and step >= cfg.max_steps)
+        self.epoch_loss = float(loss_sum) / max(pos.loss_steps, 1)
+        self.epoch_loss = self.pg.mean(self.epoch_loss)
+        self.epoch_pairs_s = seen * self.pg.world / (time.time() - t_epoch)
+        return "epoch"
+
+    # -- epoch end -------------------------------------------------------------------------------------------
+    def _knn(self):
+        """Rank 0 runs the monitor on its (plain, eval-mode) backbone; the other ranks wait at a barrier."""
         knn = None
-        if knn_sets is not None and (last or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
-            knn = knn_accuracy(model.backbone, knn_sets, cfg.knn_k, cfg.knn_t, cfg.channels_last)
-        elapsed = prior_s + time.time() - t_run
-        row = dict(epoch=epoch + 1, step=step, loss=round(epoch_loss, 5), lr=scheduler.get_last_lr()[0],
-                   momentum=momentum_at(step, total, cfg.m, cfg.m_schedule), knn_top1="" if knn is None else
-                   round(knn, 2), pairs_per_s=round(pairs_s, 1), elapsed_s=round(elapsed, 1))
-        metrics.epoch(row)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {epoch_loss:.4f}  {pairs_s:.0f} pairs/s"
-            + (f"  kNN {knn:.2f} %" if knn is not None else ""))
-        ckpt_io.save_atomic(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                                 epoch=epoch + 1, step=step, history=metrics.history, rng=ckpt_io.rng_state(),
-                                 config=cfg.to_dict(), elapsed_s=elapsed, data=data_meta),
-                            os.path.join(cfg.out, "last.pt"))
-        if last:
-            break
-    plot = metrics.plot()
-    metrics.close()
-    final = [r for r in metrics.history if r["knn_top1"] != ""]
-    summary = dict(knn_top1=final[-1]["knn_top1"] if final else None, epochs=len(metrics.history), steps=step,
-                   wall_s=round(time.time() - t_start, 1), out=cfg.out, plot=plot)
-    if summary["knn_top1"] is not None:
-        log(f"kNN accuracy (k={cfg.knn_k}, t={cfg.knn_t}): {summary['knn_top1']:.2f} %")
-    log(f"run directory: {cfg.out}  (wall time {summary['wall_s']:.0f} s)")
-    return summary
+        if self.pg.is_main and self.knn_sets is not None:
+            knn = knn_accuracy(self.model.backbone, self.knn_sets, self.cfg.knn_k, self.cfg.knn_t,
+                               self.cfg.channels_last)
+        self.pg.barrier()
+        return knn
+
+    def _end_epoch(self, epoch: int, last: bool):
+        cfg, pos = self.cfg, self.pos
+        if not math.isfinite(self.epoch_loss):
+            raise TrainingDiverged(f"loss became {self.epoch_loss} in epoch {epoch + 1}; stopped, last good "
+                                   "checkpoint kept")
+        knn = self._knn() if last or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) else None
+        t, _ = self._progress()
+        pos.epoch, pos.samples, pos.loss_sum, pos.loss_steps = epoch + 1, 0, 0.0, 0
+        if self.pg.is_main:
+            elapsed = pos.elapsed_s + time.time() - self.t_run
+            row = dict(epoch=epoch + 1, step=pos.step, loss=round(self.epoch_loss, 5),
+                       lr=self.optimizer.param_groups[0]["lr"], momentum=momentum_at(t, cfg.epochs, cfg.m,
+                                                                                     cfg.m_schedule),
+                       knn_top1="" if knn is None else round(knn, 2), pairs_per_s=round(self.epoch_pairs_s, 1),
+                       elapsed_s=round(elapsed, 1))
+            self.metrics.epoch(row)
+            pos.history = self.metrics.history
+            self.log(f"epoch {epoch + 1}/{cfg.epochs}  loss {self.epoch_loss:.4f}  {self.epoch_pairs_s:.0f} pairs/s"
+                     + (f"  kNN {knn:.2f} %" if knn is not None else ""))
+        self._save()
+
+    # -- the run -----------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.knn_sets = self.data.knn_sets() if self.pg.is_main else None
+        if self.pg.is_main and self.knn_sets is None:
+            self.log("kNN monitor off: no labelled validation set (pass --val DIR for an ImageFolder)")
+        stop, timer = StopRequest(), SaveTimer(cfg.save_every_min)
+        self.t_run = time.time()
+        knn = None
+        try:
+            for epoch in range(self.pos.epoch, cfg.epochs):
+                self.model.train()
+                if self._run_epoch(epoch, stop, timer) == "max_steps":
+                    knn = self._knn()
+                    break
+                last = epoch == cfg.epochs - 1 or bool(cfg.max_steps and self.pos.step >= cfg.max_steps)
+                self._end_epoch(epoch, last)
+                timer.reset()
+                if last:
+                    break
+        finally:
+            stop.restore()
+        return self._summary(knn)
+
+    def _summary(self, knn) -> dict:
+        plot = None
+        if self.metrics:
+            plot = self.metrics.plot()
+            self.metrics.close()
+            final = [r for r in self.metrics.history if r["knn_top1"] != ""]
+            if knn is None and final:
+                knn = final[-1]["knn_top1"]
+        summary = dict(knn_top1=knn, epochs=self.pos.epoch, steps=self.pos.step,
+                       wall_s=round(time.time() - self.t_start, 1), out=self.cfg.out, plot=plot)
+        if knn is not None:
+            self.log(f"kNN accuracy (k={self.cfg.knn_k}, t={self.cfg.knn_t}): {knn:.2f} %")
+        self.log(f"run directory: {self.cfg.out}  (wall time {summary['wall_s']:.0f} s)")
+        return summary
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
+        if self.lock:
+            self.lock.release()
+        distributed.teardown()
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run (or resume) training as ``cfg`` says; returns a summary with the final kNN accuracy (rank 0)."""
+    trainer = None
+    try:
+        trainer = Trainer(cfg, log)
+        return trainer.fit()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        else:
+            distributed.teardown()

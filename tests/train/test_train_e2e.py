@@ -31,19 +31,21 @@ def test_two_epochs_loss_falls_and_outputs_written(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("cut_at", [2048 // 64, 2048 // 64 + 5], ids=["epoch-end", "mid-epoch"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, cut_at):
     full = tmp_path / "full"
     train(_cfg(full), log=lambda *_: None)
     cut = tmp_path / "cut"
-    train(_cfg(cut, max_steps=2048 // 64), log=lambda *_: None)  # stops after epoch 1
-    assert torch.load(cut / "last.pt", weights_only=False)["epoch"] == 1
+    train(_cfg(cut, max_steps=cut_at), log=lambda *_: None)
+    pos = torch.load(cut / "last.pt", weights_only=False)["position"]
+    assert (pos["epoch"], pos["samples"], pos["step"]) == divmod(cut_at, 32)[:1] + ((cut_at % 32) * 64, cut_at)
     train(_cfg(cut, resume="auto"), log=lambda *_: None)
     a = torch.load(full / "last.pt", weights_only=False)
     b = torch.load(cut / "last.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    assert a["epoch"] == b["epoch"] == 2 and a["position"]["step"] == b["position"]["step"] == 64
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key  # queue and ptr included
-    assert a["history"][-1]["loss"] == b["history"][-1]["loss"]
+    assert a["position"]["history"][-1]["loss"] == b["position"]["history"][-1]["loss"]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -54,8 +56,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     real_forward = MoCo.forward
 
-    def poisoned(self, a, b):
-        loss, keys = real_forward(self, a, b)
+    def poisoned(self, a, b, *rest):
+        loss, keys = real_forward(self, a, b, *rest)
         return loss * float("nan"), keys
 
     monkeypatch.setattr(MoCo, "forward", poisoned)

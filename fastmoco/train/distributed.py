@@ -1,0 +1,120 @@
+"""The process group (torchrun / torch.distributed) and the cross-process shuffle-BN.
+
+``fastmoco-train`` under ``torchrun --nproc_per_node=N`` reads RANK, WORLD_SIZE and LOCAL_RANK from the
+environment, joins the group (NCCL on CUDA, gloo on CPU) and takes one device per process (cuda:LOCAL_RANK).
+Without those variables it is one process and every helper here is the identity.
+"""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from fastmoco.models.moco import gather_keys
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def any_of(self, flags: list[bool]) -> list[bool]:
+        """Each flag true on every rank when it is true on any rank (one all-reduce for all of them)."""
+        if not self.distributed:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def broadcast_object(self, obj):
+        """rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(dev)!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; choose auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def setup(device: str = "auto", timeout_min: float = 30.0) -> ProcessGroup:
+    """Join the process group torchrun describes in the environment (or stay one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_min),
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return ProcessGroup(rank, world, local_rank, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class CrossRankShuffle:
+    """Shuffle-BN across processes (MoCo's BN guard): the key batch of all ranks is gathered, permuted with one
+    permutation that rank 0 draws and broadcasts, and each rank encodes its slice, so a key's BN statistics come
+    from other images than its query's. ``undo`` gathers the encoded keys and returns this rank's own rows in
+    their original order.
+
+    Plugs into ``MoCo.key_shuffle`` (the same interface as the one-process ``LocalShuffle``).
+    """
+
+    def __call__(self, x: torch.Tensor):
+        rank, world, n = dist.get_rank(), dist.get_world_size(), x.shape[0]
+        x_all = gather_keys(x)  # (W*N, C, H, W)
+        if rank == 0:
+            perm = torch.randperm(world * n, device=x.device)  # (W*N,)
+        else:
+            perm = torch.empty(world * n, dtype=torch.long, device=x.device)
+        dist.broadcast(perm, src=0)
+        mine = perm.view(world, n)[rank]  # (N,) rows of x_all this rank encodes
+        own_rows = torch.argsort(perm).view(world, n)[rank]  # (N,) where this rank's images sit in the shuffle
+
+        def undo(k: torch.Tensor) -> torch.Tensor:
+            return gather_keys(k)[own_rows]  # (N, dim) this rank's keys, original order
+
+        return x_all[mine], undo
