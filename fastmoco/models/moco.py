@@ -127,5 +127,9 @@ def gather_keys(keys: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return keys
     out = keys.new_empty((dist.get_world_size() * keys.shape[0], *keys.shape[1:]))  # (W*N, ...)
-    dist.all_gather_into_tensor(out, keys.contiguous())
+    _ALL_GATHER(out, keys.contiguous())
     return out
+
+
+# all_gather_single is the newer name (the old one warns there); older torch has only all_gather_into_tensor
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

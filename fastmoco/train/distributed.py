@@ -49,6 +49,18 @@ class ProcessGroup:
         dist.all_reduce(t)
         return t.item() / self.world
 
+    @torch.no_grad()
+    def average_buffers(self, buffers: list) -> None:
+        """Float buffers (BN running statistics) set to their mean over the ranks, in one all-reduce, so every
+        rank holds the same encoders (each rank's BN saw only its own slice of the batch)."""
+        if not (self.distributed and buffers):
+            return
+        flat = torch.cat([b.reshape(-1).float() for b in buffers])  # (total,)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
+            b.copy_(v.view_as(b))
+
     def broadcast_object(self, obj):
         """rank 0's ``obj`` on every rank."""
         if not self.distributed:

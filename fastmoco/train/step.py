@@ -10,6 +10,7 @@ forward is one graph (``fullgraph=True``). Under DDP the query encoder is compil
 key encoder on its own, so the shuffle-BN collectives stay outside the graphs.
 """
 import contextlib
+import warnings
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -48,7 +49,12 @@ class MocoStep:
             else:
                 model.key_shuffle = CrossRankShuffle()
             ids = [pg.device.index] if pg.device.type == "cuda" else None
-            self.query_encoder = self.ddp = DDP(model.encoder_q, device_ids=ids, broadcast_buffers=False)
+            with warnings.catch_warnings():  # the argument's newer name does not exist in older torch
+                warnings.simplefilter("ignore", FutureWarning)
+                # BN statistics are averaged over the ranks after each step instead (average_buffers)
+                self.query_encoder = self.ddp = DDP(model.encoder_q, device_ids=ids, broadcast_buffers=False)
+        self.bn_buffers = [] if cfg.sync_bn else [b for b in model.buffers() if b.is_floating_point()
+                                                  and b is not model.queue]
         self.forward = model
         if cfg.compile:
             if pg.distributed:
@@ -83,6 +89,7 @@ class MocoStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.after_update(torch.cat(keys), momentum)
+        self.pg.average_buffers(self.bn_buffers)
         return torch.stack(losses).mean()
 
     @torch.no_grad()
