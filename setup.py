@@ -5,8 +5,8 @@ Environment switches:
   FASTMOCO_CUDA=1           also compile the CUDA kernel (default: only when torch sees a GPU)
   FASTMOCO_NO_NATIVE=1      skip the C++ extension entirely (the ops fall back to the PyTorch reference)
   FASTMOCO_REQUIRE_NATIVE=1 fail the install when the extension does not build (CI uses this)
-Facts for these machines (../shared/BRIEF.md section 2): CUDA_HOME must be /usr/local/cuda, and without a GPU
-TORCH_CUDA_ARCH_LIST must be set, so both get defaults here.
+CUDA_HOME defaults to /usr/local/cuda (torch's auto-detection can pick /usr/local, where linking -lcudart fails),
+and TORCH_CUDA_ARCH_LIST to 9.0 when no GPU is visible (without a GPU the build cannot detect an architecture).
 """
 import os
 import warnings

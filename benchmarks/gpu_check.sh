@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check for a lent device (H100/H200: torch 2.11, triton 3.6, nvcc, no internet, no DALI).
 # Builds the package with the CUDA enqueue kernel, runs the CUDA tests and the op benchmarks, and writes
-# everything to $OUT (default ./gpu_out). Budget: ~6 minutes on an H200 (build ~2.5 min, tests ~1 min,
-# benchmarks ~2 min). Run from the repository root:  bash benchmarks/gpu_check.sh
+# everything to $OUT (default ./gpu_out). Budget: ~8 minutes on an H200 (build ~2.5 min, tests ~1 min,
+# op benchmarks ~2 min, the end-to-end ResNet-50 step ~2 min). Run from the repository root:
+#   bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -28,3 +29,8 @@ TRITON_INTERPRET=0 python3 -m pytest -q tests/ops -k "cuda" -p no:cacheprovider 
 
 python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
   --benchmark-sort=name --benchmark-json="$OUT/bench.json" -p no:cacheprovider 2>&1 | tee "$OUT/bench.txt"
+
+# end to end: ResNet-50, 224 px, batch 256, bf16, channels-last, compiled step, K=65536, on synthetic images (no
+# dataset there); the compile time is printed separately from the steady-state pairs/s
+python3 benchmarks/e2e.py --gpu-resnet50 --synthetic 4096 --steps 40 --warmup 5 --skip-official 2>&1 \
+  | tee "$OUT/e2e_resnet50.txt"

@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from conftest import device_under_test, sync
+from naive import naive_enqueue
 from fastmoco import ops
 
 DEV = device_under_test()
@@ -41,20 +42,13 @@ def test_ema_resnet50(benchmark, impl):
     benchmark.extra_info["GB_per_s(12 B/param)"] = round(12 * n / benchmark.stats.stats.min / 1e9, 1)
 
 
-def _naive_enqueue(queue, ptr, keys):
-    """The original MoCo code: a host read of ptr, and K % N == 0 assumed (no wrap inside one batch)."""
-    p = int(ptr)
-    queue[p:p + keys.shape[0]] = keys
-    ptr[0] = (p + keys.shape[0]) % queue.shape[0]
-
-
 @pytest.mark.parametrize("impl", ["enqueue_", "reference (index_copy_)", "naive int(ptr) slice"])
 def test_enqueue_k65536(benchmark, impl):
     queue = torch.randn(65536, 128, device=DEV)
     ptr = torch.zeros(1, dtype=torch.long, device=DEV)
     keys = torch.randn(256, 128, device=DEV)
     fn = {"enqueue_": ops.enqueue_, "reference (index_copy_)": ops.enqueue_reference_,
-          "naive int(ptr) slice": _naive_enqueue}[impl]
+          "naive int(ptr) slice": naive_enqueue}[impl]
     benchmark.group = f"enqueue N=256 into K=65536 C=128 fp32 {DEV.type}"
 
     def run():

@@ -1,6 +1,7 @@
 // CUDA kernel of fastmoco::enqueue_. The pointer is read on the device (no host sync, CUDA-graph capturable);
 // an out-of-range value makes every thread skip its write and leaves ptr unchanged.
-// Only c10 CUDA headers: ATen/cuda/CUDAContext.h needs cusparse.h, absent on the build machines (BRIEF section 2).
+// Only c10 CUDA headers: ATen/cuda/CUDAContext.h needs cusparse.h, which a CUDA toolkit without the math
+// libraries lacks, so the kernel also builds there.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

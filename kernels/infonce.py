@@ -94,7 +94,7 @@ def _combine_kernel(
 
 
 # Tile sizes: BLOCK_K=64 keeps the (BLOCK_N, BLOCK_K) fp32 logits tile and a (BLOCK_K, 128) bf16 key tile in
-# registers/shared memory with room for two pipeline stages. Not yet tuned on a GPU (no device lent so far).
+# registers/shared memory with room for two pipeline stages. Not yet timed on a GPU.
 BLOCK_K = 64
 MAX_C = 256  # one (BLOCK_N, BLOCK_C) accumulator per program; wider embeddings take the chunked PyTorch path
 

@@ -111,3 +111,53 @@ def test_random_erasing_greys_one_rectangle_per_image():
         box = grey[b, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
         assert box.all()  # one solid rectangle
         assert 0.01 < grey[b].float().mean() < 0.25
+
+
+def _folder_with_problem_files(root):
+    """Five good images, a truncated JPEG (passes the up-front check, fails to decode), a 16-bit grey PNG, a
+    palette PNG with transparency, an RGBA PNG, and a symlink loop."""
+    import numpy as np
+    from PIL import Image
+
+    c = root / "c0"
+    c.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(c / f"good{i}.png")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # a JPEG of real length
+    Image.fromarray(noise).save(c / "full.jpg", quality=95)
+    data = (c / "full.jpg").read_bytes()
+    (c / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (c / "full.jpg").unlink()
+    Image.fromarray(np.full((20, 20), 65535 // 2, dtype=np.uint16)).save(c / "grey16.png")
+    pal = Image.new("P", (20, 20), 1)
+    pal.putpalette([0, 0, 0, 255, 128, 0] + [0] * 762)
+    pal.info["transparency"] = 0
+    pal.save(c / "palette.png", transparency=0)
+    Image.new("RGBA", (20, 20), (0, 0, 255, 100)).save(c / "rgba.png")
+    os.symlink("..", c / "loop")  # c0/loop -> root: the same files again under longer paths
+    return c
+
+
+def test_image_folder_dedupes_symlink_loops_and_converts_modes(tmp_path):
+    from fastmoco.data.folder import load_rgb
+
+    c = _folder_with_problem_files(tmp_path)
+    ds = image_folder(str(tmp_path))
+    assert len(ds) == 9  # every real file once (the truncated JPEG passes the up-front check)
+    grey = load_rgb(str(c / "grey16.png"))
+    assert grey.mode == "RGB" and grey.getpixel((3, 3)) == (127, 127, 127)  # 32767 / 65535 * 255, not clipped
+    assert load_rgb(str(c / "palette.png")).getpixel((0, 0)) == (255, 128, 0)
+    assert load_rgb(str(c / "rgba.png")).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_undecodable_images_during_the_run_are_replaced_and_counted(tmp_path):
+    from fastmoco.data import FolderData
+    from fastmoco.train import TrainConfig
+
+    _folder_with_problem_files(tmp_path / "train")
+    cfg = TrainConfig(data=str(tmp_path / "train"), batch_size=9, bn_splits=1, workers=0, image_size=16).resolved()
+    data = FolderData(cfg, "cpu", image_folder(cfg.data), None)
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be decoded in epoch 1 and were replaced"):
+        batches = list(data.epoch(0))
+    (v1, v2), = batches
+    assert v1.shape == v2.shape == (9, 3, 16, 16) and torch.isfinite(v1).all()

@@ -8,6 +8,7 @@ or with another process count, sees the same batches as the uninterrupted run. U
 takes its own slice of every step (see ``_Sharded``).
 """
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -121,8 +122,13 @@ class FolderData(_Sharded):
         loader = torch.utils.data.DataLoader(
             self.pairs, batch_sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
-        for v1, v2 in loader:
+        undecodable = 0
+        for v1, v2, skipped in loader:
+            undecodable += int(skipped.sum())
             yield v1.to(self.device, non_blocking=True), v2.to(self.device, non_blocking=True)
+        if undecodable:
+            warnings.warn(f"{self.train_ds.root}: {undecodable} image(s) could not be decoded in epoch {epoch + 1} "
+                          "and were replaced by the next readable image", stacklevel=2)
 
     def _eval_batches(self, ds):
         ds.transform = eval_transform(self.image_size, self.mean, self.std)

@@ -13,7 +13,8 @@ ARCHS = {
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-STEMS = ("small", "small-s2", "imagenet")
+STEM_STRIDE = {"small": 1, "small-s2": 2, "imagenet": 4}  # how much each stem shrinks the image side
+STEMS = tuple(STEM_STRIDE)
 
 
 class WideResNet(ResNet):

@@ -69,7 +69,7 @@ class MoCo(nn.Module):
         x, undo = self.key_shuffle(x)
         return undo(F.normalize(self.encoder_k(x), dim=1))  # (N, dim)
 
-    def _loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    def loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         fn = ops.infonce if self.ops_impl == "fused" else ops.infonce_reference
         # under autocast q and k arrive in bf16/fp16 while the queue is kept in fp32: the loss runs in the
         # queue's dtype (the ops want one dtype; the fused op accumulates in fp32 anyway)
@@ -84,10 +84,10 @@ class MoCo(nn.Module):
         if not self.symmetric:
             q = F.normalize(encoder_q(im_q), dim=1)  # (N, dim)
             k = self.keys(im_k)  # (N, dim)
-            return self._loss(q, k), k
+            return self.loss(q, k), k
         q1, q2 = F.normalize(encoder_q(torch.cat([im_q, im_k])), dim=1).chunk(2)  # (N, dim) each
         k2, k1 = self.keys(im_k), self.keys(im_q)
-        loss = 0.5 * (self._loss(q1, k2) + self._loss(q2, k1))
+        loss = 0.5 * (self.loss(q1, k2) + self.loss(q2, k1))
         return loss, torch.cat([k2, k1])
 
     # -- after the optimizer step ------------------------------------------------------------------------------

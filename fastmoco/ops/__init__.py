@@ -1,4 +1,4 @@
-"""The drop-in fused ops (contract: shared/BRIEF.md section 1). Importing this pulls in no models or training.
+"""The drop-in fused ops (their contract is in the README). Importing this pulls in no models or training.
 
     from fastmoco import ops
     loss = ops.infonce(q, k, queue, temperature=0.2)

@@ -186,6 +186,10 @@ class TrainConfig:
         need(self.knn_every >= 0, f"knn_every must be >= 0, got {self.knn_every}")
         need(self.knn_k >= 1 and self.knn_t > 0, f"need knn_k >= 1 and knn_t > 0, got {self.knn_k}, {self.knn_t}")
         need(self.image_size >= 0, f"image_size must be >= 0, got {self.image_size}")
+        cores = os.cpu_count() or 1
+        need(0 <= self.threads <= cores,
+             f"threads must be between 0 (torch's default) and this machine's {cores} cores, got {self.threads}")
+        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         try:
             steps = [float(s) for s in self.lr_steps.split(",") if s.strip()]
         except ValueError:
@@ -219,6 +223,39 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys in {path}: {', '.join(unknown)}")
         return data
+
+
+# Settings a resumed run cannot change: they fix the model's shapes, the data and its order. Every other setting
+# may change on resume (lr, epochs, schedules, monitor, speed options, process count); the change takes effect
+# everywhere, the schedules included (they run on epoch progress), and is logged.
+FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", "arch", "width", "stem", "head", "dim", "K", "batch_size",
+                   "symmetric")
+NOT_COMPARED = ("resume", "overwrite")
+
+
+def resume_changes(saved: dict, cfg: "TrainConfig") -> list[str]:
+    """'name old -> new' for each setting that differs from the checkpoint's; a fixed one is a ConfigError."""
+    changes = []
+    for name, new in cfg.to_dict().items():
+        if name in NOT_COMPARED or name not in saved or saved[name] == new:
+            continue
+        if name in FIXED_ON_RESUME:
+            raise ConfigError(f"--resume: {name} cannot change on resume (checkpoint: {saved[name]!r}, now: {new!r}); "
+                              "start a new run with another --out")
+        changes.append(f"{name} {saved[name]!r} -> {new!r}")
+    return changes
+
+
+def _resumed_settings(overrides: dict) -> dict:
+    """With --resume, the checkpoint's settings for every field the command line and YAML leave unset."""
+    from . import checkpoint as ckpt_io
+
+    out = overrides.get("out", TrainConfig.out)
+    path = ckpt_io.resolve_resume(overrides.get("resume"), out)
+    if not path:
+        return {}
+    saved = ckpt_io.load(path, fallback=True).get("requested_config", {})
+    return {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and k not in NOT_COMPARED}
 
 
 def _base_type(f):
@@ -260,4 +297,4 @@ def config_from_args(argv=None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     overrides = TrainConfig.from_yaml(args.pop("config")) if "config" in args else {}
     overrides.update(args)
-    return TrainConfig(**overrides).resolved()
+    return TrainConfig(**{**_resumed_settings(overrides), **overrides}).resolved()

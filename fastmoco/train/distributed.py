@@ -73,7 +73,10 @@ class ProcessGroup:
 def _pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available")
@@ -93,9 +96,16 @@ def setup(device: str = "auto", timeout_min: float = 30.0) -> ProcessGroup:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_min),
-                                **({"device_id": dev} if dev.type == "cuda" else {}))
+        timeout = datetime.timedelta(minutes=timeout_min)
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps one store across restarts: without a per-attempt prefix a restarted rank can
+            # read the address its dead predecessor published and fail to connect (seen with gloo, 2 of 3 restarts)
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=False, timeout=timeout)
+            kwargs.update(store=dist.PrefixStore(f"fastmoco/attempt_{restart}", store), rank=rank, world_size=world)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout, **kwargs)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return ProcessGroup(rank, world, local_rank, dev)

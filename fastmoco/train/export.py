@@ -22,9 +22,13 @@ class FeatureExtractor(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, *raw_shape) in [0, 1] -> (N, D)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) in [0, 1], any H and W -> (N, D)
+        x = x * 1.0  # an integer input becomes float here (type promotion at run time), so the check below sees it
+        torch._assert_async((x.min() >= 0.0) & (x.max() <= 1.0),
+                            "features.pt2 expects float images in [0, 1]; got values outside (uint8 images? divide "
+                            "by 255)")
+        # always resample: at the training size, bilinear with align_corners=False is the identity
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         if x.shape[1] == 1 and self.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
         return self.backbone((x - self.mean) / self.std)
@@ -60,8 +64,10 @@ def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
                                  meta["std"]).eval()
     example = torch.rand(2, *raw_shape)
     with torch.no_grad():
-        program = torch.export.export(extractor, (example,),
-                                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1 << 20)}})
+        side = torch.export.Dim("side", min=2, max=1 << 14)
+        program = torch.export.export(extractor, (example,), dynamic_shapes={
+            "x": {0: torch.export.Dim("batch", min=1, max=1 << 20), 2: side, 3: torch.export.Dim("width", min=2,
+                                                                                                max=1 << 14)}})
     tmp = os.path.join(out, "features.tmp.pt2")  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, tmp)
     os.replace(tmp, paths["features"])

@@ -18,8 +18,8 @@ from fastmoco.data import build_data
 from fastmoco.models import MoCo
 
 from . import checkpoint as ckpt_io
-from . import distributed
-from .config import ConfigError, TrainConfig
+from . import distributed, preflight
+from .config import ConfigError, TrainConfig, resume_changes
 from .knn import knn_accuracy
 from .metrics import Metrics
 from .schedules import lr_factor, momentum_at
@@ -47,15 +47,17 @@ def _prepare_out(cfg: TrainConfig, resume_path) -> None:
         raise ConfigError(f"cannot create the run directory {cfg.out} ({exc.strerror})") from None
     if not os.access(cfg.out, os.W_OK):
         raise ConfigError(f"the run directory {cfg.out} is not writable")
-    if not resume_path and os.path.exists(checkpoint_path(cfg.out)) and not cfg.overwrite:
-        raise ConfigError(f"{cfg.out} already holds a run ({checkpoint_path(cfg.out)}): continue it with "
-                          "--resume auto, replace it with --overwrite, or choose another --out")
+    existing = ckpt_io.resolve_resume("auto", cfg.out)
+    if not resume_path and existing and not cfg.overwrite:
+        raise ConfigError(f"{cfg.out} already holds a run ({existing}): continue it with --resume auto, replace it "
+                          "with --overwrite, or choose another --out")
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, log=print):
         self.t_start = time.time()
         self.pg = distributed.setup(cfg.device)
+        self.requested = cfg.to_dict()
         self.cfg = cfg = cfg.for_runtime(self.pg.device.type, self.pg.world)
         self.log = log if self.pg.is_main else (lambda *_: None)
         self.lock = self.metrics = None
@@ -66,9 +68,13 @@ class Trainer:
         if self.pg.is_main:
             _prepare_out(cfg, resume_path)
             self.lock = RunLock(cfg.out)
+            for f in ckpt_io.remove_stale_temporaries(cfg.out):
+                log(f"removed {f}, left by a write that was killed")
         _seed_all(cfg.seed)
 
         self.data = build_data(cfg, self.pg.device, self.pg.rank, self.pg.world)
+        preflight.check_image_size(cfg, self.data.image_size)
+        preflight.check_memory(cfg, self.data.in_channels, self.data.image_size, self.pg.device)
         self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -78,7 +84,11 @@ class Trainer:
         self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
         self.pos = Position()
         if resume_path:  # every rank loads the same file, before DDP's first step
-            self.pos = restore(ckpt_io.load(resume_path), self.model, self.optimizer, self.step.scaler, resume_path)
+            state = ckpt_io.load(resume_path, fallback=True)
+            changes = resume_changes(state.get("config", {}), cfg)
+            self.pos = restore(state, self.model, self.optimizer, self.step.scaler, resume_path)
+            if changes:
+                self.log("settings changed on resume: " + ", ".join(changes))
             self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}")
         if self.pg.is_main:
             cfg.save(os.path.join(cfg.out, "config.yaml"))
@@ -112,7 +122,8 @@ class Trainer:
             elapsed = self.pos.elapsed_s
             self.pos.elapsed_s = elapsed + time.time() - self.t_run
             ckpt_io.save_atomic(build_payload(self.model, self.optimizer, self.step.scaler, self.pos, self.cfg,
-                                              self.data_meta, self.pg.world), path)
+                                              self.requested, self.data_meta, self.pg.world), path,
+                                keep_previous=True)
             self.pos.elapsed_s = elapsed
         return path
 

@@ -32,10 +32,13 @@ def checkpoint_path(out: str) -> str:
     return os.path.join(out, CKPT_NAME)
 
 
-def build_payload(model, optimizer, scaler, pos: Position, cfg, data_meta: dict, world: int) -> dict:
+def build_payload(model, optimizer, scaler, pos: Position, cfg, requested: dict, data_meta: dict,
+                  world: int) -> dict:
+    """``config``: the settings the run used (device defaults filled in); ``requested_config``: before the device
+    defaults, what a resume on other hardware starts from."""
     return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                 epoch=pos.epoch, position=asdict(pos), rng=ckpt_io.rng_state(), config=cfg.to_dict(),
-                data=data_meta, world_size=world)
+                requested_config=requested, data=data_meta, world_size=world)
 
 
 def restore(state: dict, model, optimizer, scaler, path: str) -> Position:

@@ -15,7 +15,8 @@ if not INTERPRET:
                 allow_module_level=True)
 from fastmoco.kernels.infonce import BLOCK_K, infonce_forward  # noqa: E402
 
-# (dtype, atol, rtol) against float64; bf16 is upcast to fp32 inside the interpreted kernel (BRIEF section 2)
+# (dtype, atol, rtol) against float64; bf16 is upcast to fp32 inside the interpreted kernel (the
+# interpreter's bf16 tl.dot returns wrong values)
 TOLS = [(torch.float32, 1e-5, 1e-5), (torch.float16, 5e-3, 5e-3), (torch.bfloat16, 3e-2, 3e-2)]
 SHAPES = [(1, 16, 17), (5, 130, 17), (20, 32, BLOCK_K * 3 + 5), (17, 64, 200)]  # N=1, C=130, K % tile != 0
 

@@ -1,0 +1,56 @@
+"""Checks that need the data's and the machine's facts, run before anything large is allocated: an image size the
+network can take, and a memory estimate against what the device has free (instead of an allocator error or the
+OOM killer minutes later)."""
+import torch
+
+from fastmoco.models import build_backbone
+from fastmoco.models.backbones import STEM_STRIDE
+
+from .config import ConfigError
+
+GiB = 2**30
+
+
+def check_image_size(cfg, image_size: int) -> None:
+    """The last stage must see at least one pixel of the image: the side must reach the network's total stride."""
+    stride = STEM_STRIDE[cfg.stem] * 8  # the stem, then layer2..layer4 halve the side three times
+    if image_size < stride:
+        raise ConfigError(f"image size {image_size} is smaller than the network's total stride {stride} (stem "
+                          f"{cfg.stem!r}); use --image-size >= {stride} or a smaller stem (--stem small)")
+
+
+def estimate_bytes(cfg, in_channels: int, image_size: int) -> dict:
+    """A lower bound of the training memory: the queue, the parameters (query, key, gradient, SGD momentum) and
+    the query forward's activations kept for the backward (each module's output, traced on the meta device)."""
+    with torch.device("meta"):
+        net = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
+             for m in net.modules() if not list(m.children())]
+    views = 2 if cfg.symmetric else 1
+    with torch.no_grad():
+        net(torch.empty(cfg.batch_size * views, in_channels, image_size, image_size, device="meta"))
+    for h in hooks:
+        h.remove()
+    act_bytes = 2 if cfg.amp else 4
+    params = sum(p.numel() for p in net.parameters())
+    return {"queue": cfg.K * cfg.dim * 4, "parameters": 16 * params, "activations": sum(outputs) * act_bytes}
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62  # unknown: do not refuse
+
+
+def check_memory(cfg, in_channels: int, image_size: int, device: torch.device) -> None:
+    parts = estimate_bytes(cfg, in_channels, image_size)
+    need, free = sum(parts.values()), available_bytes(device)
+    if need > free:
+        detail = ", ".join(f"{name} {size / GiB:.1f}" for name, size in parts.items())
+        raise ConfigError(f"this run needs at least {need / GiB:.1f} GiB ({detail} GiB) but {device.type} has "
+                          f"{free / GiB:.1f} GiB free; lower --batch-size, --K or --image-size")
