@@ -25,7 +25,7 @@ python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log"
 python3 -c "import fastmoco.ops as o; print('native:', o.native_available())" | tee -a "$OUT/env.txt"
 
 # CUDA tests (the CPU suite runs in CI); TRITON_INTERPRET must stay unset here so the real kernels run
-TRITON_INTERPRET=0 python3 -m pytest -q tests/ops -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
+TRITON_INTERPRET=0 python3 -m pytest -q tests/ops tests/train -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
 
 python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
   --benchmark-sort=name --benchmark-json="$OUT/bench.json" -p no:cacheprovider 2>&1 | tee "$OUT/bench.txt"

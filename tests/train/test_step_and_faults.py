@@ -175,3 +175,4 @@ def test_torchrun_restarts_a_killed_worker_and_the_group_resumes(tmp_path):
     final = _ckpt(out)
     assert final["epoch"] == 2 and final["position"]["step"] == 2 * (4096 // 64) and final["world_size"] == 2
     assert len(final["position"]["history"]) == 2
+
