@@ -1,6 +1,7 @@
 """Export a run's backbone: ``export/backbone.pt`` (state_dict with torchvision key names) and
 ``export/features.pt2`` (a torch.export program: float images in [0, 1], shaped as the dataset stores them, ->
 (N, D) features; it resizes, adapts channels and normalises by itself; the batch size is dynamic)."""
+import json
 import os
 
 import torch
@@ -12,6 +13,7 @@ from . import checkpoint as ckpt_io
 from .config import ConfigError, TrainConfig
 
 PREFIX = "encoder_q.backbone."
+INPUT_SPEC = "fastmoco_input.json"  # stored inside features.pt2: the channel count and training size
 
 
 class FeatureExtractor(torch.nn.Module):
@@ -64,11 +66,33 @@ def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
                                  meta["std"]).eval()
     example = torch.rand(2, *raw_shape)
     with torch.no_grad():
-        side = torch.export.Dim("side", min=2, max=1 << 14)
-        program = torch.export.export(extractor, (example,), dynamic_shapes={
-            "x": {0: torch.export.Dim("batch", min=1, max=1 << 20), 2: side, 3: torch.export.Dim("width", min=2,
-                                                                                                max=1 << 14)}})
+        dims = {0: torch.export.Dim("batch", min=1, max=1 << 20), 2: torch.export.Dim("height", min=2, max=1 << 14),
+                3: torch.export.Dim("width", min=2, max=1 << 14)}
+        program = torch.export.export(extractor, (example,), dynamic_shapes={"x": dims})
     tmp = os.path.join(out, "features.tmp.pt2")  # torch.export.save wants the .pt2 suffix
-    torch.export.save(program, tmp)
+    spec = json.dumps(dict(channels=raw_shape[0], image_size=meta["image_size"]))
+    torch.export.save(program, tmp, extra_files={INPUT_SPEC: spec})
     os.replace(tmp, paths["features"])
     return paths
+
+
+def load_extractor(path: str):
+    """``features.pt2`` as a function with its input checked in plain words: a (N, C, H, W) float tensor in
+    [0, 1] with the channel count the network was trained on; any N, H and W. (The bare program from
+    ``torch.export.load(path).module()`` takes the same input, with torch's shape-guard messages.)"""
+    extra = {INPUT_SPEC: ""}
+    module = torch.export.load(path, extra_files=extra).module()
+    spec = json.loads(extra[INPUT_SPEC]) if extra[INPUT_SPEC] else {}
+
+    def extract(x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a tensor of images, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"expected images shaped (N, C, H, W), got {x.dim()} dimensions {tuple(x.shape)}")
+        if "channels" in spec and x.shape[1] != spec["channels"]:
+            raise ValueError(f"this extractor takes {spec['channels']}-channel images, got {x.shape[1]} channels")
+        if not x.is_floating_point():
+            raise TypeError(f"expected float images in [0, 1], got {x.dtype} (divide uint8 images by 255)")
+        return module(x.float())
+
+    return extract

@@ -117,7 +117,7 @@ def test_values_checked_before_anything_is_allocated(tmp_path, args, message):
 
 
 def test_exported_extractor_checks_values_and_resizes(tmp_path):
-    from fastmoco.train.export import export_run
+    from fastmoco.train.export import export_run, load_extractor
 
     train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
     program = torch.export.load(export_run(str(tmp_path))["features"]).module()
@@ -130,4 +130,14 @@ def test_exported_extractor_checks_values_and_resizes(tmp_path):
     expect = program(torch.nn.functional.interpolate(bigger, size=(28, 28), mode="bilinear", align_corners=False))
     torch.testing.assert_close(program(bigger), expect, atol=1e-5, rtol=1e-5)  # any size in: resized inside
     with pytest.raises(Exception):
-        program(torch.rand(3, 3, 28, 28))  # a 3-channel image into a 1-channel network
+        program(torch.rand(3, 3, 28, 28))  # a 3-channel image into a 1-channel network (torch's guard message)
+    extract = load_extractor(str(tmp_path / "export" / "features.pt2"))
+    torch.testing.assert_close(extract(images), program(images))
+    for bad, kind, message in [
+        (torch.rand(1, 28, 28), ValueError, r"expected images shaped \(N, C, H, W\), got 3 dimensions \(1, 28, 28\)"),
+        (torch.rand(2, 3, 28, 28), ValueError, "this extractor takes 1-channel images, got 3 channels"),
+        ((images * 255).to(torch.uint8), TypeError, r"expected float images in \[0, 1\], got torch.uint8 .divide"),
+        ([[0.5]], TypeError, "expected a tensor of images, got list"),
+    ]:
+        with pytest.raises(kind, match=message):
+            extract(bad)
