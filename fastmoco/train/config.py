@@ -191,10 +191,14 @@ class TrainConfig:
              f"threads must be between 0 (torch's default) and this machine's {cores} cores, got {self.threads}")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         try:
-            steps = [float(s) for s in self.lr_steps.split(",") if s.strip()]
+            steps = self.milestones()
         except ValueError:
             raise ConfigError(f"lr_steps must be comma-separated fractions, got {self.lr_steps!r}") from None
         need(all(0 < s < 1 for s in steps), f"lr_steps must lie in (0, 1), got {self.lr_steps!r}")
+
+    def milestones(self) -> list[float]:
+        """The step schedule's milestones (fractions of training) from ``lr_steps``."""
+        return [float(s) for s in self.lr_steps.split(",") if s.strip()]
 
     # -- files -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

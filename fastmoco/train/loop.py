@@ -5,6 +5,7 @@
 directory (checkpoints, metrics.csv, TensorBoard, curves.png), draws the progress bar and runs the kNN monitor
 while the others wait at a barrier.
 """
+import dataclasses
 import math
 import os
 import random
@@ -79,6 +80,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.base_lr = cfg.lr_for(self.pg.world)
+        self.milestones = cfg.milestones()
         self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=self.base_lr,
                                          momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
         self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
@@ -107,8 +109,7 @@ class Trainer:
 
     def _set_lr(self, t: float, dt: float) -> float:
         cfg = self.cfg
-        milestones = [float(s) for s in cfg.lr_steps.split(",") if s.strip()]
-        lr = self.base_lr * lr_factor(t, dt, cfg.epochs, cfg.warmup_epochs, cfg.schedule, milestones)
+        lr = self.base_lr * lr_factor(t, dt, cfg.epochs, cfg.warmup_epochs, cfg.schedule, self.milestones)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -119,12 +120,10 @@ class Trainer:
         if loss_sum is not None:
             self.pos.loss_sum = float(loss_sum)
         if self.pg.is_main:
-            elapsed = self.pos.elapsed_s
-            self.pos.elapsed_s = elapsed + time.time() - self.t_run
-            ckpt_io.save_atomic(build_payload(self.model, self.optimizer, self.step.scaler, self.pos, self.cfg,
+            pos = dataclasses.replace(self.pos, elapsed_s=self.pos.elapsed_s + time.time() - self.t_run)
+            ckpt_io.save_atomic(build_payload(self.model, self.optimizer, self.step.scaler, pos, self.cfg,
                                               self.requested, self.data_meta, self.pg.world), path,
                                 keep_previous=True)
-            self.pos.elapsed_s = elapsed
         return path
 
     # -- one epoch ---------------------------------------------------------------------------------------------
