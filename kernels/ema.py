@@ -11,9 +11,15 @@ import triton.language as tl
 _TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
+# _ema_kernel: one program = BLOCK * ITERS elements of one tensor pair.
+#   dst_ptrs, src_ptrs, numels: per-pair addresses (int64) and sizes; blk_tensor, blk_offset: per program, which
+#   pair and where in it; weight = 1 - momentum; DTYPE: the pairs' element type (one launch per dtype).
+#   1. look up this program's pair and offset, cast the stored addresses to DTYPE pointers;
+#   2. ITERS times: load BLOCK elements of dst and src, lerp in fp32, store dst (masked past the tensor's end).
 @triton.jit
 def _ema_kernel(dst_ptrs, src_ptrs, numels, blk_tensor, blk_offset, weight,
                 DTYPE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    tl.static_assert(ITERS >= 1 and BLOCK >= 128, "a program covers at least one warp-wide block")
     pid = tl.program_id(0)
     t = tl.load(blk_tensor + pid)
     start = tl.load(blk_offset + pid)

@@ -17,6 +17,15 @@ import triton.language as tl
 from . import INTERPRET
 
 
+# _partial_kernel: one program = BLOCK_N rows of q x one split of the queue.
+#   q_ptr (N, C), queue_ptr (K, C): inputs (any strides); m_ptr, l_ptr (S, N) and w_ptr (S, N, C): fp32 partials
+#   per split; k_per_split: queue rows per split (a multiple of BLOCK_K); scale = 1 / temperature.
+#   UPCAST: compute the dots in fp32 (the interpreter's bf16 dot is wrong); PRECISION: "ieee" or "tf32" for fp32.
+#   1. load the q tile (BLOCK_N, BLOCK_C) once;
+#   2. for each (BLOCK_K, BLOCK_C) key tile of the split: logits s = q @ tile^T * scale, masked past the split;
+#   3. online log-sum-exp: new running max, rescale l and w by exp(m_old - m_new), add exp(s - m_new) and
+#      exp(s - m_new) @ tile;
+#   4. store this split's m, l, w.
 @triton.jit
 def _partial_kernel(
     q_ptr, queue_ptr, m_ptr, l_ptr, w_ptr,
@@ -25,6 +34,7 @@ def _partial_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_N >= 16 and BLOCK_K >= 16 and BLOCK_C >= 16, "tl.dot needs tiles of at least 16")
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -61,6 +71,12 @@ def _partial_kernel(
     tl.store(w_ptr + part[:, None] * C + cols[None, :], w, mask=row_ok[:, None] & col_ok[None, :])
 
 
+# _combine_kernel: one program = BLOCK_N rows.
+#   q_ptr, k_ptr (N, C): queries and positive keys; m/l/w_ptr: the S splits' partials; loss_ptr, p0_ptr (N,) and
+#   wout_ptr (N, C): fp32 outputs.
+#   1. positive logit pos = q.k * scale starts the merge (m = pos, l = 1, w = 0);
+#   2. fold in each split: m_new = max(m, m_s), l and w rescaled by exp(m - m_new) and exp(m_s - m_new);
+#   3. lse = m + log(l); store loss = lse - pos, p0 = exp(pos - lse), W = w / l.
 @triton.jit
 def _combine_kernel(
     q_ptr, k_ptr, m_ptr, l_ptr, w_ptr, loss_ptr, p0_ptr, wout_ptr,
@@ -68,6 +84,7 @@ def _combine_kernel(
     stride_qn, stride_qc, stride_pn, stride_pc,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_C >= 16, "BLOCK_C must cover the partial kernel's accumulator width (>= 16)")
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_C)
     row_ok = rows < N
