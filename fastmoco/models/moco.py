@@ -120,6 +120,10 @@ class LocalShuffle:
         return x[perm], lambda k: k[inverse]
 
 
+# all_gather_single is the newer name (the old one warns there); older torch has only all_gather_into_tensor
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 @torch.no_grad()
 def gather_keys(keys: torch.Tensor) -> torch.Tensor:
     """(N, ...) on each of W ranks -> (W*N, ...) on every rank, rank 0's rows first; the identity outside a
@@ -130,6 +134,3 @@ def gather_keys(keys: torch.Tensor) -> torch.Tensor:
     _ALL_GATHER(out, keys.contiguous())
     return out
 
-
-# all_gather_single is the newer name (the old one warns there); older torch has only all_gather_into_tensor
-_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

@@ -32,7 +32,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-PREVIOUS = "prev.pt"
+LAST, PREVIOUS = "last.pt", "prev.pt"  # the run directory's checkpoint and the one before it
+
+
+def checkpoint_path(out: str) -> str:
+    return os.path.join(out, LAST)
 
 
 def _previous(path: str) -> str:
@@ -109,7 +113,7 @@ def resolve_resume(resume: str | None, out: str) -> str | None:
     if not resume:
         return None
     if resume == "auto":
-        for name in ("last.pt", PREVIOUS):
+        for name in (LAST, PREVIOUS):
             if os.path.isfile(os.path.join(out, name)):
                 return os.path.join(out, name)
         return None

@@ -41,7 +41,7 @@ def backbone_state_dict(model_state: dict) -> dict:
 
 
 def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
-    path = checkpoint or os.path.join(run_dir, "last.pt")
+    path = checkpoint or ckpt_io.checkpoint_path(run_dir)
     if not os.path.isdir(run_dir):
         raise ConfigError(f"{run_dir} is not a directory")
     if not checkpoint and not os.path.isfile(path):

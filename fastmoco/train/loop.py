@@ -24,7 +24,8 @@ from .config import ConfigError, TrainConfig, resume_changes
 from .knn import knn_accuracy
 from .metrics import Metrics
 from .schedules import lr_factor, momentum_at
-from .state import Position, RunLock, RunStopped, SaveTimer, StopRequest, build_payload, checkpoint_path, restore
+from .checkpoint import checkpoint_path
+from .state import Position, RunLock, RunStopped, SaveTimer, StopRequest, build_payload, restore
 from .step import MocoStep
 
 

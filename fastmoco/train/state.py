@@ -14,9 +14,6 @@ from dataclasses import asdict, dataclass, field
 from . import checkpoint as ckpt_io
 from .config import ConfigError
 
-CKPT_NAME = "last.pt"
-
-
 @dataclass
 class Position:
     epoch: int = 0  # epochs finished
@@ -26,10 +23,6 @@ class Position:
     loss_steps: int = 0
     history: list = field(default_factory=list)  # metrics rows of finished epochs
     elapsed_s: float = 0.0  # training time before this process started
-
-
-def checkpoint_path(out: str) -> str:
-    return os.path.join(out, CKPT_NAME)
 
 
 def build_payload(model, optimizer, scaler, pos: Position, cfg, requested: dict, data_meta: dict,
