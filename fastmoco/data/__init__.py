@@ -1,23 +1,33 @@
 """Training data as the loop consumes it: two augmented views per image, plus labelled sets for the kNN monitor.
 
 ``build_data(cfg, device)`` picks the source from ``cfg.data``: a folder holding Fashion-MNIST's IDX files (the
-embedded default) is loaded into memory and augmented a batch at a time; any other folder is an ImageFolder read
-by DataLoader workers with per-sample torchvision.transforms.v2. Every epoch's order comes from (seed, epoch) and
-every micro-batch's augmentation draws from its position in that order, so a run resumed anywhere, even mid-epoch
-or with another process count, sees the same batches as the uninterrupted run. Under torchrun each process
-takes its own slice of every step (see ``_Sharded``).
+embedded default) is loaded into memory; any other folder is an ImageFolder. ``cfg.loader`` picks who makes the
+two views: "dali" (``dali.py``: decode once, augment twice, on the GPU when training there) or "torch" (in-memory
+data: batched tensor augmentation, ``BatchAugment``; folders: DataLoader workers running per-sample
+torchvision.transforms.v2). Every epoch's order comes from (seed, epoch), the same for both loaders, so a run
+resumed anywhere, even mid-epoch or with another process count, sees the same batches as the uninterrupted run
+(the torch loader also draws each micro-batch's augmentation from its position in that order). Under torchrun
+each process takes its own slice of every step (see ``_Sharded``).
 """
 import copy
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import dali
 from .errors import DataError
 from .fmnist import is_fmnist_dir, load_fmnist
 from .folder import TwoViews, image_folder
-from .transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, BatchAugment, eval_transform, \
-    view_transform
+from .transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, RGB_HUE, RGB_JITTER, BatchAugment, \
+    eval_transform, view_transform
+
+# Who makes the two views when --loader is left unset: DALI for ImageFolders (when installed); for in-memory
+# Fashion-MNIST the batched tensor augmentation, the faster of the two on the 2-core CPU (benchmarks/RESULTS.md
+# section 6: ~14,000 vs ~9,300 images/s, and a training epoch 0.88x as long as with DALI).
+LOADERS = ("dali", "torch")
+MEMORY_DEFAULT_LOADER = "torch"
 
 __all__ = ["DataError", "build_data", "load_fmnist", "image_folder", "BatchAugment", "view_transform"]
 
@@ -68,9 +78,9 @@ class _Sharded:
 class TensorData(_Sharded):
     """In-memory uint8 images (Fashion-MNIST): batched augmentation, no workers."""
 
-    def __init__(self, cfg, device, images, labels, test_images, test_labels, rank=0, world=1):
+    def __init__(self, cfg, device, images, labels, test_images, test_labels, rank=0, world=1, loader="torch"):
         super().__init__(cfg, len(images), rank, world)
-        self.device = torch.device(device)
+        self.device, self.loader = torch.device(device), loader
         # on a GPU the uint8 images live there (Fashion-MNIST: 47 MB), so a step copies nothing from the host and
         # never waits for the GPU (a pageable host-to-device copy would be a sync per step)
         self.images = images.to(device) if self.device.type == "cuda" else images  # (N, 1, 28, 28) uint8
@@ -82,9 +92,19 @@ class TensorData(_Sharded):
         self.mean, self.std = FMNIST_MEAN, FMNIST_STD
         self.augment = BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale, cfg.jitter,
                                     cfg.erase_p).to(device)
+        if loader == "dali":
+            spec = dali.ViewSpec(cfg.aug, self.image_size, self.in_channels, self.mean, self.std, cfg.crop_min_scale,
+                                 cfg.jitter, 0.0, cfg.erase_p)
+            self.dali = dali.DaliEpochs(spec, cfg.batch_size, self.device, cfg.workers)
+            self.host_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, 28, 28, 1) uint8, DALI's layout
 
     def epoch(self, epoch: int, skip: int = 0):
         """This rank's micro-batches of two views, from sample ``skip`` of the epoch on."""
+        if self.loader == "dali":
+            plan = list(self.plan(epoch, skip))
+            yield from self.dali.memory(self.host_hwc, [idx.numpy() for _, idx in plan],
+                                        [_batch_seed(self.seed, epoch, start) for start, _ in plan])
+            return
         for start, idx in self.plan(epoch, skip, self.images.device):
             x = self.images[idx]  # (B, 1, 28, 28) uint8, on the images' device
             g = torch.Generator(self.device).manual_seed(_batch_seed(self.seed, epoch, start))
@@ -109,9 +129,9 @@ class FolderData(_Sharded):
     """An ImageFolder: DataLoader workers run the per-sample v2 pipeline twice per image, each image's draws
     seeded by its position in the epoch (so neither the worker count nor a resume changes them)."""
 
-    def __init__(self, cfg, device, train_ds, val_ds, rank=0, world=1):
+    def __init__(self, cfg, device, train_ds, val_ds, rank=0, world=1, loader="torch"):
         super().__init__(cfg, len(train_ds), rank, world)
-        self.device = torch.device(device)
+        self.device, self.loader = torch.device(device), loader
         self.image_size = cfg.image_size or 32
         self.in_channels, self.raw_shape = 3, None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
@@ -119,8 +139,46 @@ class FolderData(_Sharded):
         self.train_ds, self.val_ds = train_ds, val_ds
         view = view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale)
         self.pairs = TwoViews(train_ds, view)
+        if loader == "dali":
+            spec = dali.ViewSpec(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale, RGB_JITTER,
+                                 RGB_HUE[cfg.aug], 0.0)
+            self.dali = dali.DaliEpochs(spec, cfg.batch_size, self.device, cfg.workers)
+            self.undecodable = set()  # files DALI failed to decode: replaced from then on
+
+    def _readable_path(self, i: int) -> str:
+        """The path of sample i, or of the next sample after it that DALI has not failed to decode."""
+        n = len(self.train_ds.samples)
+        for k in range(n):
+            path = self.train_ds.samples[(i + k) % n][0]
+            if path not in self.undecodable:
+                return path
+        raise DataError(f"{self.train_ds.root}: none of its {n} images could be decoded")
+
+    def _dali_epoch(self, epoch: int, skip: int):
+        """DALI reads this rank's files in plan order; a file it cannot decode (the pipeline stops, naming it) is
+        replaced by the next readable one and the pipeline restarts at the batch it failed in."""
+        plan = list(self.plan(epoch, skip))
+        done = 0
+        while done < len(plan):
+            files = [self._readable_path(int(i)) for _, idx in plan[done:] for i in idx]
+            sizes = np.array([self.train_ds.image_sizes[f] for f in files]).reshape(-1, 2)  # (n, 2)
+            seeds = [_batch_seed(self.seed, epoch, start) for start, _ in plan[done:]]
+            try:
+                for views in self.dali.folder(files, sizes, seeds):
+                    done += 1
+                    yield views
+            except RuntimeError as exc:
+                bad = dali.failed_file(exc)
+                if bad is None or bad in self.undecodable:
+                    raise DataError(f"DALI pipeline failed: {dali.reason(exc)}") from exc
+                self.undecodable.add(bad)
+        replaced = sum(self.train_ds.samples[int(i)][0] in self.undecodable for _, idx in plan for i in idx)
+        dali.warn_replaced(self.train_ds.root, replaced, epoch)
 
     def epoch(self, epoch: int, skip: int = 0):
+        if self.loader == "dali":
+            yield from self._dali_epoch(epoch, skip)
+            return
         batches = [[(int(i), _batch_seed(self.seed, epoch, start) + j) for j, i in enumerate(idx)]
                    for start, idx in self.plan(epoch, skip)]
         loader = torch.utils.data.DataLoader(
@@ -148,17 +206,39 @@ class FolderData(_Sharded):
                 lambda: self._eval_batches(self.val_ds), torch.tensor(self.val_ds.targets))
 
 
+def choose_loader(requested, in_memory: bool) -> tuple[str, str | None]:
+    """(loader, notice): the requested one, or the default for the data; a one-line notice when DALI is missing."""
+    if requested == "dali" and not dali.available():
+        raise DataError(f"--loader dali needs NVIDIA DALI, which is not installed ({dali.INSTALL_HINT})")
+    if requested:
+        return requested, None
+    if in_memory:
+        return MEMORY_DEFAULT_LOADER, None
+    if dali.available():
+        return "dali", None
+    return "torch", f"NVIDIA DALI is not installed ({dali.INSTALL_HINT}): images go through the torchvision DataLoader"
+
+
 def build_data(cfg, device, rank: int = 0, world: int = 1):
-    """The training source for ``cfg``, sharded for process ``rank`` of ``world``."""
+    """The training source for ``cfg``, sharded for process ``rank`` of ``world``; ``.loader`` says who makes
+    the views and ``.notice`` is a line for the log (or None)."""
+    in_memory = is_fmnist_dir(cfg.data)
+    loader, notice = choose_loader(cfg.loader, in_memory)
+    data = _build(cfg, device, rank, world, loader)
+    data.notice = notice
+    return data
+
+
+def _build(cfg, device, rank, world, loader):
     if is_fmnist_dir(cfg.data):
         images, labels = load_fmnist(cfg.data, train=True)
         test_images, test_labels = load_fmnist(cfg.data, train=False)
         if cfg.subset:
             images, labels = images[:cfg.subset], labels[:cfg.subset]
-        return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world)
+        return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world, loader)
     train_ds = image_folder(cfg.data)
     if cfg.subset:
         train_ds.samples = train_ds.imgs = train_ds.samples[:cfg.subset]
         train_ds.targets = train_ds.targets[:cfg.subset]
     val_ds = image_folder(cfg.val) if cfg.val else None
-    return FolderData(cfg, device, train_ds, val_ds, rank, world)
+    return FolderData(cfg, device, train_ds, val_ds, rank, world, loader)

@@ -29,13 +29,15 @@ def load_rgb(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def _readable(path: str) -> bool:
+def _size(path: str):
+    """(height, width) of a readable image file (read from its header, then verified), or None."""
     try:
         with Image.open(path) as im:
+            size = im.size
             im.verify()
-        return True
+        return size[1], size[0]
     except Exception:  # noqa: BLE001 - PIL raises many types for broken files
-        return False
+        return None
 
 
 def image_folder(root: str, transform=None) -> ImageFolder:
@@ -52,7 +54,12 @@ def image_folder(root: str, transform=None) -> ImageFolder:
             seen.add(real)
             unique.append((path, target))
     ds.samples = unique
-    good = [s for s in ds.samples if _readable(s[0])]
+    ds.image_sizes = {}  # path -> (height, width): the DALI loader draws its crop boxes in pixels
+    for path, _ in ds.samples:
+        size = _size(path)
+        if size is not None:
+            ds.image_sizes[path] = size
+    good = [s for s in ds.samples if s[0] in ds.image_sizes]
     skipped = len(ds.samples) - len(good)
     if skipped:
         warnings.warn(f"{root}: skipped {skipped} unreadable image(s) of {len(ds.samples)}", stacklevel=2)

@@ -2,7 +2,7 @@
 
 v1 (MoCo v1): random resized crop, random grey, colour jitter 0.4, flip.
 v2 (MoCo v2): random resized crop, colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8, random grey p=0.2, Gaussian blur
-p=0.5 (kernel ~10 % of the image side), flip.
+p=0.5 (kernel ~10 % of the image side, at most 13 taps: +-3 sigma of the widest blur), flip.
 Grey images (Fashion-MNIST) get brightness/contrast jitter only: saturation, hue and greying do nothing there.
 
 ``BatchAugment`` applies the same recipe to a whole uint8 batch with per-sample random parameters (one
@@ -18,16 +18,26 @@ from torchvision.transforms import v2
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# the papers' colour jitter on RGB images: brightness, contrast, saturation 0.4; hue 0.4 (v1) or 0.1 (v2)
+RGB_JITTER = 0.4
+RGB_HUE = {"v1": 0.4, "v2": 0.1}
+
+
+BLUR_SIGMA = (0.1, 2.0)
+# the blur kernel never needs more than +-3 sigma of the widest blur: the weights beyond it sum to < 0.3 %
+BLUR_MAX_TAPS = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
 
 
 def blur_kernel_size(size: int) -> int:
-    return max(3, int(0.1 * size) // 2 * 2 + 1)
+    """Taps of the v2 Gaussian blur: ~10 % of the image side (odd, at least 3), at most BLUR_MAX_TAPS (13)."""
+    return min(max(3, int(0.1 * size) // 2 * 2 + 1), BLUR_MAX_TAPS)
 
 
 def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: float = 0.2) -> v2.Compose:
     """One augmented view of a PIL image or uint8 tensor, as torchvision.transforms.v2."""
     rgb = channels == 3
-    jitter = (v2.ColorJitter(0.4, 0.4, 0.4, 0.4 if recipe == "v1" else 0.1) if rgb else v2.ColorJitter(0.4, 0.4))
+    jitter = (v2.ColorJitter(RGB_JITTER, RGB_JITTER, RGB_JITTER, RGB_HUE[recipe]) if rgb
+              else v2.ColorJitter(RGB_JITTER, RGB_JITTER))
     steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)]
     if recipe == "v1":
         steps += [v2.RandomGrayscale(0.2)] if rgb else []
@@ -35,7 +45,7 @@ def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: 
     else:
         steps += [v2.RandomApply([jitter], p=0.8)]
         steps += [v2.RandomGrayscale(0.2)] if rgb else []
-        steps += [v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5)]
+        steps += [v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=BLUR_SIGMA)], p=0.5)]
     steps += [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
@@ -93,7 +103,8 @@ class BatchAugment(torch.nn.Module):
         B, C, H, W = x.shape
         ks = blur_kernel_size(self.size)
         u = torch.rand(B, 2, generator=g, device=x.device)
-        sigma = torch.where(u[:, 0] < p, 0.1 + 1.9 * u[:, 1], torch.full_like(u[:, 1], 1e-3))  # 1e-3: no blur
+        sigma = torch.where(u[:, 0] < p, BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, 1],
+                            torch.full_like(u[:, 1], 1e-3))  # 1e-3: no blur
         r = torch.arange(ks, device=x.device, dtype=x.dtype) - ks // 2
         k1 = torch.exp(-(r[None, :] ** 2) / (2 * sigma[:, None] ** 2))
         k1 = (k1 / k1.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, ks) separable kernels

@@ -53,7 +53,10 @@ class TrainConfig:
     crop_min_scale: Optional[float] = field(default=None, metadata=dict(help="RandomResizedCrop lower area bound (preset)"))
     jitter: Optional[float] = field(default=None, metadata=dict(help="colour-jitter strength (preset)"))
     erase_p: Optional[float] = field(default=None, metadata=dict(help="random-erasing probability, batched aug (preset)"))
-    workers: int = field(default=2, metadata=dict(help="DataLoader workers for ImageFolder data"))
+    workers: int = field(default=2, metadata=dict(help="loader threads: DataLoader workers or DALI CPU threads"))
+    loader: Optional[str] = field(default=None, metadata=dict(
+        help="dali | torch: who decodes and augments (default: dali for ImageFolders when installed, "
+             "torch's batched augmentation for Fashion-MNIST, the faster there)"))
     # model
     preset: str = field(default="fmnist", metadata=dict(
         help="v1 (linear head, T=0.07, step LR) | v2 (MLP, blur, T=0.2, cosine) | fmnist (v2 tuned for 28 px CPU runs)"))
@@ -100,6 +103,9 @@ class TrainConfig:
     knn_t: float = field(default=0.1, metadata=dict(help="kNN temperature"))
     out: str = field(default="runs/fastmoco", metadata=dict(help="run directory"))
     resume: Optional[str] = field(default=None, metadata=dict(help="auto (OUT/last.pt if present) or a checkpoint path"))
+    init: Optional[str] = field(default=None, metadata=dict(
+        help="start from these backbone weights: a run directory (trained or imported), a checkpoint, or a "
+             "state_dict file with torchvision names; unlike --resume, optimizer and schedules start afresh"))
     overwrite: bool = field(default=False, metadata=dict(help="start afresh in an --out that already holds a run"))
     seed: int = field(default=0, metadata=dict(help="random seed"))
     device: str = field(default="auto", metadata=dict(help="auto | cpu | cuda | cuda:N"))
@@ -145,6 +151,7 @@ class TrainConfig:
         return self.lr * self.global_batch(world_size) / self.lr_ref_batch
 
     def validate(self) -> None:
+        from fastmoco.data import LOADERS
         from fastmoco.models import ARCHS, STEMS
 
         def need(ok: bool, msg: str):
@@ -190,6 +197,7 @@ class TrainConfig:
         need(0 <= self.threads <= cores,
              f"threads must be between 0 (torch's default) and this machine's {cores} cores, got {self.threads}")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        need(self.loader in (None,) + LOADERS, f"unknown loader {self.loader!r}; choose one of {list(LOADERS)}")
         try:
             steps = self.milestones()
         except ValueError:

@@ -21,10 +21,11 @@ from fastmoco.models import MoCo
 from . import checkpoint as ckpt_io
 from . import distributed, preflight
 from .config import ConfigError, TrainConfig, resume_changes
-from .knn import knn_accuracy
+from fastmoco.evaluate.knn import knn_accuracy
 from .metrics import Metrics
 from .schedules import lr_factor, momentum_at
 from .checkpoint import checkpoint_path
+from .export import init_backbone
 from .state import Position, RunLock, RunStopped, SaveTimer, StopRequest, build_payload, restore
 from .step import MocoStep
 
@@ -75,9 +76,14 @@ class Trainer:
         _seed_all(cfg.seed)
 
         self.data = build_data(cfg, self.pg.device, self.pg.rank, self.pg.world)
+        if self.data.notice:
+            self.log(self.data.notice)
         preflight.check_image_size(cfg, self.data.image_size)
         preflight.check_memory(cfg, self.data.in_channels, self.data.image_size, self.pg.device)
         self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
+        if cfg.init:
+            init_backbone(self.model, cfg.init)
+            self.log(f"backbone weights from {cfg.init}")
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.base_lr = cfg.lr_for(self.pg.world)
@@ -96,7 +102,7 @@ class Trainer:
         if self.pg.is_main:
             cfg.save(os.path.join(cfg.out, "config.yaml"))
             self.metrics = Metrics(cfg.out, self.pos.history)
-        self.log(f"{self.pg.world} process(es) on {self.pg.device.type}; global batch "
+        self.log(f"{self.pg.world} process(es) on {self.pg.device.type}, {self.data.loader} loader; global batch "
                  f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}")
         self.data_meta = dict(in_channels=self.data.in_channels, image_size=self.data.image_size,
                               raw_shape=self.data.raw_shape, mean=self.data.mean, std=self.data.std)

@@ -113,7 +113,8 @@ def test_cli_errors_are_one_line(args, message):
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def test_cli_image_folder_run_with_val(tmp_path):
+@pytest.mark.parametrize("loader", ["dali", "torch"])
+def test_cli_image_folder_run_with_val(tmp_path, loader):
     from PIL import Image
 
     for split in ("train", "val"):
@@ -124,7 +125,8 @@ def test_cli_image_folder_run_with_val(tmp_path):
     (tmp_path / "train" / "c0" / "broken.jpg").write_bytes(b"garbage")
     res = _cli("--data", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--batch-size", "16",
                "--bn-splits", "2", "--width", "4", "--K", "32", "--epochs", "1", "--workers", "0",
-               "--image-size", "16", "--no-progress", "--out", str(tmp_path / "run"))
+               "--image-size", "16", "--no-progress", "--loader", loader, "--out", str(tmp_path / "run"))
     assert res.returncode == 0, res.stderr
+    assert f"{loader} loader" in res.stdout
     assert "skipped 1 unreadable image(s) of 33" in res.stderr
     assert "kNN accuracy (k=200, t=0.1):" in res.stdout

@@ -1,0 +1,232 @@
+"""The DALI loader (CPU mode here): views, order, sharding, resume, reproducibility, bad files, colour modes."""
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastmoco.data import FolderData, TensorData, build_data, choose_loader, dali, image_folder
+from fastmoco.data.errors import DataError
+from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD
+from fastmoco.train import TrainConfig
+from fastmoco.train.config import ConfigError
+
+LEVELS = [8 + 10 * i for i in range(24)]  # one grey level per image: identifies the source of any view
+
+
+@pytest.fixture(autouse=True)
+def _no_hang():
+    """A DALI pipeline that stops must raise, never hang: every test here fails after 120 s."""
+    def fail(*_):
+        raise TimeoutError("DALI pipeline hung")
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _level_folder(root, n=24, size=(40, 30)):
+    """n solid grey images (R=G=B): crops, flips, greying and blur keep the level, so a view names its source."""
+    for i in range(n):
+        d = root / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (LEVELS[i],) * 3).save(d / f"{i:02d}.png")
+    return root
+
+
+def _textured_folder(root, n=8):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)  # smooth texture once upsampled
+        Image.fromarray(small).resize((48, 36), Image.BILINEAR).save(d / f"{i}.jpg", quality=95)
+    return root
+
+
+def _cfg(root, **kw):
+    kw = {"batch_size": 4, "bn_splits": 1, "workers": 1, "image_size": 16, "preset": "v2", "loader": "dali", **kw}
+    return TrainConfig(data=str(root), **kw).resolved()
+
+
+def _identity_views(data):
+    """Switch the colour jitter off (strength 0), keeping crop, flip, greying and blur: levels pass unchanged."""
+    spec = data.dali.spec
+    data.dali.spec = dali.ViewSpec(spec.recipe, spec.size, 3, IMAGENET_MEAN, IMAGENET_STD, spec.min_scale, 0.0, 0.0,
+                                   0.0)
+    return data
+
+
+def _levels_seen(v):
+    """The source index of each row of a view (B, 3, H, W) of a level folder."""
+    pixel = v[:, 0].mean(dim=(1, 2)) * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # back to [0, 1]
+    return [LEVELS.index(int(round(float(p) * 255))) for p in pixel]
+
+
+def _index_of_path(data):
+    return {path: i for i, (path, _) in enumerate(data.train_ds.samples)}
+
+
+def _order(data, epoch=0, skip=0):
+    """The dataset indices the views of this rank's epoch came from, batch by batch."""
+    by_level = {int(os.path.basename(p)[:2]): i for p, i in _index_of_path(data).items()}
+    rows = []
+    for v1, v2 in data.epoch(epoch, skip):
+        a, b = _levels_seen(v1), _levels_seen(v2)
+        assert a == b  # the two views of a row come from the same image
+        rows.append([by_level[x] for x in a])
+    return rows
+
+
+def _planned(data, epoch=0, skip=0):
+    return [[int(i) for i in idx] for _, idx in data.plan(epoch, skip)]
+
+
+def test_views_shape_dtype_range_and_layout(tmp_path):
+    data = build_data(_cfg(_textured_folder(tmp_path)), "cpu")
+    assert data.loader == "dali"
+    (v1, v2), = list(data.epoch(0))[:1]
+    lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    for v in (v1, v2):
+        assert v.shape == (4, 3, 16, 16) and v.dtype == torch.float32
+        assert v.is_contiguous(memory_format=torch.channels_last)
+        assert lo - 1e-4 <= float(v.min()) and float(v.max()) <= hi + 1e-4
+        assert float(v.std()) > 0.1
+    assert all(not torch.equal(v1[i], v2[i]) for i in range(4))  # two independent draws per image
+
+
+def test_plan_order_same_source_for_both_views_and_resume(tmp_path):
+    data = _identity_views(build_data(_cfg(_level_folder(tmp_path)), "cpu"))
+    assert _order(data, 0) == _planned(data, 0)
+    assert _order(data, 1) == _planned(data, 1) != _planned(data, 0)  # reshuffled each epoch
+    step = data.samples_per_step
+    assert _order(data, 1, skip=2 * step) == _planned(data, 1)[2:]  # a resumed run continues the same order
+
+
+def test_rank_sharding_covers_every_file_once_and_drops_the_partial_step(tmp_path):
+    _level_folder(tmp_path, n=22)  # 22 = 2 full steps of 2 x 4 + 6 left over
+    cfg = _cfg(tmp_path)
+    seen = []
+    for rank in range(2):
+        data = FolderData(cfg, "cpu", image_folder(cfg.data), None, rank=rank, world=2, loader="dali")
+        rows = _order(_identity_views(data))
+        assert len(rows) == len(data) == 2
+        seen += [i for row in rows for i in row]
+    assert len(seen) == len(set(seen)) == 16
+
+
+def test_fixed_seed_reproduces_the_batches_wherever_a_run_resumes(tmp_path):
+    _textured_folder(tmp_path)
+    first = list(build_data(_cfg(tmp_path), "cpu").epoch(0))
+    again = list(build_data(_cfg(tmp_path), "cpu").epoch(0))
+    other = list(build_data(_cfg(tmp_path, seed=1), "cpu").epoch(0))
+    for (a1, a2), (b1, b2) in zip(first, again):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(first[0][0], other[0][0])
+    data = build_data(_cfg(tmp_path), "cpu")
+    (r1, r2), = list(data.epoch(0, skip=data.samples_per_step))  # resumed after the first step
+    assert torch.equal(r1, first[1][0]) and torch.equal(r2, first[1][1])
+
+
+@pytest.mark.parametrize("hw", [(300, 500), (40, 30), (1, 100), (100, 1), (28, 28)])
+def test_crop_boxes_follow_torchvision_rules(hw):
+    from fastmoco.data.view_params import crop_boxes
+
+    rng = np.random.default_rng(0)
+    sizes = np.array([hw] * 2000)
+    top, left, h, w = crop_boxes(rng, sizes, 0.2).T
+    H, W = hw
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
+    assert (h >= 1).all() and (w >= 1).all()
+    if min(hw) >= 28:  # an attempt fits: area and aspect in the drawn ranges (up to rounding to whole pixels)
+        area = h * w / (H * W)
+        assert area.min() > 0.2 * 0.9 and area.max() <= 1.0
+        assert (w / h).min() > 0.75 * 0.9 and (w / h).max() < 4 / 3 * 1.1
+        assert area.std() > 0.1  # really random
+    else:  # nothing fits: the centred crop at the nearest allowed aspect
+        assert len(set(map(tuple, np.stack([top, left, h, w], 1)))) == 1
+
+
+def test_bad_files_are_skipped_or_replaced_with_counts_and_modes_become_rgb(tmp_path):
+    c = tmp_path / "c0"
+    c.mkdir()
+    for i in range(4):
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(c / f"good{i}.png")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(c / "full.jpg", quality=95)
+    data = (c / "full.jpg").read_bytes()
+    (c / "truncated.jpg").write_bytes(data[: len(data) // 2])  # passes the up-front check, fails to decode
+    (c / "zero.jpg").write_bytes(b"")
+    (c / "text.png").write_text("not an image")
+    (c / "notes.txt").write_text("ignored: not an image extension")
+    Image.new("L", (20, 20), 90).save(c / "grey.png")
+    Image.fromarray(np.full((20, 20), 30000, dtype=np.uint16)).save(c / "grey16.png")
+    Image.new("RGBA", (20, 20), (0, 0, 255, 100)).save(c / "rgba.png")
+    Image.new("LA", (20, 20), (70, 200)).save(c / "grey_alpha.png")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\) of 12"):
+        src = build_data(_cfg(tmp_path, batch_size=9), "cpu")
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be decoded in epoch 1 and were replaced"):
+        (v1, v2), = list(src.epoch(0))
+    assert v1.shape == v2.shape == (9, 3, 16, 16) and torch.isfinite(v1).all()
+    assert str(c / "truncated.jpg") in src.undecodable
+    with pytest.warns(UserWarning, match=r"1 image\(s\) could not be decoded in epoch 2"):
+        assert len(list(src.epoch(1))) == 1  # replaced up front from now on, still counted
+
+
+def test_in_memory_images_through_external_source(tmp_path):
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    cfg = _cfg(tmp_path, preset="fmnist", batch_size=8)  # v2 + random erasing: every conditional branch runs
+    data = TensorData(cfg, "cpu", images, torch.zeros(40), images[:8], torch.zeros(8), loader="dali")
+    batches = list(data.epoch(0))
+    assert len(batches) == 40 // 8
+    lo, hi = (0 - FMNIST_MEAN[0]) / FMNIST_STD[0], (1 - FMNIST_MEAN[0]) / FMNIST_STD[0]
+    for v1, v2 in batches:
+        assert v1.shape == v2.shape == (8, 1, 16, 16) and v1.dtype == torch.float32
+        assert lo - 1e-4 <= float(v1.min()) and float(v1.max()) <= hi + 1e-4
+        assert not torch.equal(v1, v2)
+    again = list(TensorData(cfg, "cpu", images, torch.zeros(40), images[:8], torch.zeros(8), loader="dali").epoch(0))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert len(list(data.epoch(0, skip=3 * 8))) == 2
+
+
+def test_loader_choice_and_its_errors(monkeypatch):
+    assert choose_loader("torch", False) == ("torch", None)
+    assert choose_loader(None, False) == ("dali", None)
+    assert choose_loader(None, True)[0] in ("dali", "torch")
+    with pytest.raises(ConfigError, match="unknown loader 'nvidia'"):
+        TrainConfig(loader="nvidia").resolved()
+    monkeypatch.setattr(dali, "available", lambda: False)
+    loader, notice = choose_loader(None, False)
+    assert loader == "torch" and "DALI is not installed" in notice and "\n" not in notice
+    with pytest.raises(DataError, match="--loader dali needs NVIDIA DALI"):
+        choose_loader("dali", False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG decode, device='mixed')")
+def test_gpu_decode_gives_views_on_the_device(tmp_path):
+    data = _identity_views(build_data(_cfg(_level_folder(tmp_path)), "cuda"))
+    rows = []
+    for v1, v2 in data.epoch(0):
+        assert v1.is_cuda and v1.is_contiguous(memory_format=torch.channels_last)
+        rows.append([int(i) for i in _levels_seen(v1.cpu())])
+    assert len(rows) == len(data)
+
+
+@pytest.mark.parametrize("size,sigma", [(224, 1.7), (28, 0.6), (64, 2.0)])
+def test_blur_kernels_are_torchvisions_gaussian(size, sigma):
+    from torchvision.transforms.v2 import functional as TF
+
+    from fastmoco.data.transforms import blur_kernel_size
+    from fastmoco.data.view_params import gaussian_kernels
+
+    taps = blur_kernel_size(size)
+    k = torch.from_numpy(gaussian_kernels(np.array([sigma]), taps)[0]).double()
+    delta = torch.zeros(1, 3 * taps, 3 * taps, dtype=torch.float64)
+    delta[0, 3 * taps // 2, 3 * taps // 2] = 1.0
+    blurred = TF.gaussian_blur(delta, [taps, taps], [sigma, sigma])[0]
+    c, r = 3 * taps // 2, taps // 2
+    torch.testing.assert_close(blurred[c - r:c + r + 1, c - r:c + r + 1], torch.outer(k, k), atol=1e-6, rtol=1e-5)
