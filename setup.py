@@ -70,6 +70,8 @@ setup(
         "console_scripts": [
             "fastmoco-train=fastmoco.cli.train:main",
             "fastmoco-export=fastmoco.cli.export:main",
+            "fastmoco-lincls=fastmoco.cli.lincls:main",
+            "fastmoco-convert=fastmoco.cli.convert:main",
         ]
     },
 )

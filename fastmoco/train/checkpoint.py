@@ -87,7 +87,9 @@ def _load_one(path: str) -> dict:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({first})") from None
-    missing = {"model", "optimizer", "epoch"} - set(ckpt if isinstance(ckpt, dict) else {})
+    keys = set(ckpt if isinstance(ckpt, dict) else {})
+    # an import (fastmoco-convert) holds weights and settings only; a training checkpoint its whole state
+    missing = ({"model", "config"} if "imported" in keys else {"model", "optimizer", "epoch"}) - keys
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(missing))}: not a fastmoco checkpoint")
     return ckpt

@@ -40,22 +40,68 @@ def backbone_state_dict(model_state: dict) -> dict:
     return {k[len(PREFIX):]: v for k, v in model_state.items() if k.startswith(PREFIX)}
 
 
-def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
-    path = checkpoint or ckpt_io.checkpoint_path(run_dir)
-    if not os.path.isdir(run_dir):
-        raise ConfigError(f"{run_dir} is not a directory")
-    if not checkpoint and not os.path.isfile(path):
-        raise ConfigError(f"{run_dir} is not a fastmoco run directory (no last.pt)")
-    state = ckpt_io.load(path)
+def read_run(path: str, checkpoint: str | None = None) -> tuple[dict, TrainConfig, dict]:
+    """(checkpoint state, its TrainConfig, its data description) of a run directory (its last.pt, or
+    ``checkpoint``) or of a checkpoint file: a fastmoco-train run or a fastmoco-convert import."""
+    if os.path.isdir(path):
+        ckpt = checkpoint or ckpt_io.checkpoint_path(path)
+        if not checkpoint and not os.path.isfile(ckpt):
+            raise ConfigError(f"{path} is not a fastmoco run directory (no last.pt)")
+    elif os.path.isfile(path):
+        ckpt = path
+    else:
+        raise ConfigError(f"{path} does not exist")
+    state = ckpt_io.load(ckpt)
     if "config" not in state:
-        raise ckpt_io.CheckpointError(f"checkpoint {path} holds no training config; re-run training with this version")
-    cfg = TrainConfig(**state["config"])  # the checkpoint's own settings, not a config.yaml a later run rewrote
+        raise ckpt_io.CheckpointError(f"checkpoint {ckpt} holds no training config; re-run training with this version")
     meta = state.get("data")
     if meta is None:
-        raise ckpt_io.CheckpointError("checkpoint has no data description; re-run training with this version")
+        raise ckpt_io.CheckpointError(f"checkpoint {ckpt} has no data description; re-run training with this version")
+    return state, TrainConfig(**state["config"]), meta  # the checkpoint's own settings, not a later config.yaml
+
+
+def load_backbone(path: str, checkpoint: str | None = None):
+    """(backbone with the run's weights, its TrainConfig, its data description)."""
+    state, cfg, meta = read_run(path, checkpoint)
     backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, meta["in_channels"])
-    sd = backbone_state_dict(state["model"])
-    backbone.load_state_dict(sd)
+    backbone.load_state_dict(backbone_state_dict(state["model"]))
+    return backbone, cfg, meta
+
+
+def init_backbone(model, path: str) -> None:
+    """Both encoders' backbones set to the weights at ``path`` (see ``TrainConfig.init``)."""
+    if os.path.isdir(path):
+        sd = backbone_state_dict(read_run(path)[0]["model"])
+    else:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--init: {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - pickle, zip and format errors all mean "not weights"
+            raise ConfigError(f"--init: {path} is not a PyTorch weights file ({type(exc).__name__})") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"--init: {path} holds no state_dict")
+        if "config" in state and "model" in state:  # a fastmoco checkpoint
+            sd = backbone_state_dict(state["model"])
+        else:  # a plain backbone state_dict (torchvision names); a classifier is not part of the backbone
+            sd = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+    for encoder in (model.encoder_q, model.encoder_k):
+        try:
+            missing, unexpected = encoder.backbone.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:
+            line = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+            raise ConfigError(f"--init: {path} does not fit this backbone ({line})") from None
+        if missing or unexpected:
+            key = (missing or unexpected)[0]
+            raise ConfigError(f"--init: {path} does not fit this backbone ({'missing' if missing else 'unexpected'} "
+                              f"key {key})")
+
+
+def export_run(run_dir: str, checkpoint: str | None = None) -> dict:
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir} is not a directory")
+    backbone, cfg, meta = load_backbone(run_dir, checkpoint)
+    sd = backbone.state_dict()
     out = os.path.join(run_dir, "export")
     os.makedirs(out, exist_ok=True)
     paths = {"backbone": os.path.join(out, "backbone.pt"), "features": os.path.join(out, "features.pt2")}

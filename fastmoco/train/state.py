@@ -34,8 +34,17 @@ def build_payload(model, optimizer, scaler, pos: Position, cfg, requested: dict,
                 requested_config=requested, data=data_meta, world_size=world)
 
 
+def imported_payload(model_state: dict, cfg, data_meta: dict, imported: dict) -> dict:
+    """A checkpoint of weights brought in from elsewhere (fastmoco-convert import): the model and the settings
+    that describe it, no optimizer or position (it starts runs with --init, it does not resume)."""
+    return dict(model=model_state, config=cfg.to_dict(), data=data_meta, imported=imported)
+
+
 def restore(state: dict, model, optimizer, scaler, path: str) -> Position:
     """Load a checkpoint's tensors into the run's objects; returns where it stood."""
+    if "imported" in state:
+        raise ckpt_io.CheckpointError(f"{path} holds imported weights without a training state; start a new run "
+                                      f"from them with --init {path}")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

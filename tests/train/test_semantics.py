@@ -12,7 +12,7 @@ from fastmoco.data import TensorData, _Sharded
 from fastmoco.models import MoCo, SplitBatchNorm2d, build_backbone
 from fastmoco.train import TrainConfig, train
 from fastmoco.train.distributed import ProcessGroup
-from fastmoco.train.knn import knn_predict
+from fastmoco.evaluate.knn import knn_predict
 from fastmoco.train.schedules import lr_factor, momentum_at
 from fastmoco.train.step import MocoStep
 

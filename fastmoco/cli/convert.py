@@ -1,0 +1,40 @@
+"""fastmoco-convert: official MoCo checkpoints in, torchvision / detectron2 weights out.
+
+  fastmoco-convert import CKPT OUT_DIR            official MoCo v1/v2/v3 (ResNet) -> a fastmoco run directory
+  fastmoco-convert import CKPT backbone.pth       ... or only the backbone (torchvision key names)
+  fastmoco-convert torchvision RUN_DIR out.pth    a torchvision ResNet state_dict (everything but fc)
+  fastmoco-convert detectron2 RUN_DIR out.pkl     detectron2 weights (the official MoCo conversion's key names)
+"""
+import argparse
+
+from fastmoco.cli import run_cli
+
+
+def _convert(argv):
+    from fastmoco.convert import import_official, to_detectron2, to_torchvision
+
+    p = argparse.ArgumentParser(prog="fastmoco-convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="official MoCo checkpoint -> fastmoco run directory (or backbone .pt/.pth)")
+    imp.add_argument("checkpoint")
+    imp.add_argument("out", help="run directory to create, or a .pt/.pth file for the backbone alone")
+    for name, what in (("torchvision", "torchvision ResNet state_dict (.pth)"), ("detectron2", "detectron2 .pkl")):
+        exp = sub.add_parser(name, help=f"a run's backbone -> {what}")
+        exp.add_argument("run_dir", help="a fastmoco run directory (trained or imported)")
+        exp.add_argument("out")
+    args = p.parse_args(argv)
+    if args.command == "import":
+        summary = import_official(args.checkpoint, args.out)
+        print(f"{summary['format']}: {summary['arch']} width {summary['width']}, {summary['stem']} stem, "
+              f"head {summary['head']} -> {args.out}")
+    else:
+        print((to_torchvision if args.command == "torchvision" else to_detectron2)(args.run_dir, args.out))
+
+
+def main(argv=None) -> int:
+    return run_cli("fastmoco-convert", _convert, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""Import of the official MoCo checkpoints into a fastmoco run directory (or a backbone file).
+
+Layouts read (``state_dict`` inside the file, or the file itself being a state_dict):
+- MoCo v1/v2 (``main_moco.py``): ``module.encoder_q.<resnet keys>``; the head is ``fc`` (v1, a linear layer) or
+  ``fc.0``/``fc.2`` (v2, Linear-ReLU-Linear); ``module.encoder_k.*`` and ``module.queue`` (dim x K) beside them.
+- MoCo v3 ResNet (``main_moco.py`` of v3): ``module.base_encoder.<resnet keys>``; its ``fc`` is a projector with
+  BatchNorm layers, which fastmoco's heads do not have: only the backbone is imported.
+A single-GPU save without the ``module.`` prefix is read too. The architecture (block type and depth), base width,
+stem and input channels are read from the tensors' names and shapes.
+"""
+import os
+
+import torch
+
+from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fastmoco.models import ARCHS, build_backbone
+from fastmoco.train import checkpoint as ckpt_io
+from fastmoco.train.config import PRESETS, TrainConfig
+from fastmoco.train.export import PREFIX
+from fastmoco.train.state import imported_payload
+
+FORMATS = {"encoder_q.": "MoCo v1/v2", "base_encoder.": "MoCo v3"}
+
+
+class ConvertError(ValueError):
+    """A checkpoint that cannot be converted; the CLI prints it as one line."""
+
+
+def read_state_dict(path: str) -> dict:
+    """The state_dict a checkpoint file holds (under ``state_dict`` / ``model``, or the file itself)."""
+    if not os.path.isfile(path):
+        raise ConvertError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and format errors all mean "not a checkpoint"
+        raise ConvertError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__})") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConvertError(f"{path} holds no state_dict of tensors")
+    return obj
+
+
+def split_official(sd: dict, path: str) -> tuple[str, dict, dict]:
+    """(format name, backbone state_dict with torchvision names, head state_dict) of an official checkpoint."""
+    for prefix, name in FORMATS.items():
+        for outer in ("module.", ""):
+            keys = [k for k in sd if k.startswith(outer + prefix)]
+            if keys:
+                cut = len(outer + prefix)
+                own = {k[cut:]: sd[k] for k in keys}
+                backbone = {k: v for k, v in own.items() if not k.startswith("fc.")}
+                head = {k[len("fc."):]: v for k, v in own.items() if k.startswith("fc.")}
+                return name, backbone, head
+    raise ConvertError(f"{path}: unrecognised checkpoint, e.g. key {next(iter(sd))!r} is neither "
+                       "module.encoder_q.* (MoCo v1/v2) nor module.base_encoder.* (MoCo v3)")
+
+
+def infer_backbone(sd: dict) -> dict:
+    """arch, width, stem and in_channels of a torchvision-named ResNet state_dict."""
+    if "conv1.weight" not in sd:
+        raise ConvertError("missing key conv1.weight: not a ResNet backbone")
+    bottleneck = "layer1.0.conv3.weight" in sd
+    depth = [len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    found = [name for name, (block, layers) in ARCHS.items()
+             if layers == depth and (block.expansion == 4) == bottleneck]
+    if not found:
+        kind = "Bottleneck" if bottleneck else "BasicBlock"
+        raise ConvertError(f"unsupported ResNet: {kind} blocks {depth} per stage; fastmoco builds "
+                           + ", ".join(f"{n} {layers}" for n, (_, layers) in ARCHS.items()))
+    w = sd["conv1.weight"]  # (width, in_channels, k, k)
+    return dict(arch=found[0], width=w.shape[0], in_channels=w.shape[1], stem="imagenet" if w.shape[-1] == 7 else "small")
+
+
+def head_kind(head: dict) -> tuple[str | None, int | None]:
+    """(fastmoco head, output dim) of a v1/v2 head; (None, None) when there is none to import (MoCo v3's
+    projector has BatchNorm layers inside, which fastmoco's heads do not)."""
+    if set(head) == {"weight", "bias"}:
+        return "linear", head["weight"].shape[0]
+    if set(head) == {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        return "mlp", head["2.weight"].shape[0]
+    return None, None
+
+
+def _load_strict(module: torch.nn.Module, sd: dict, what: str) -> None:
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    if missing:
+        raise ConvertError(f"{what}: missing key {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+    if unexpected:
+        raise ConvertError(f"{what}: unexpected key {unexpected[0]}")
+
+
+def import_official(path: str, out: str) -> dict:
+    """Writes OUT as a fastmoco run directory (``last.pt`` + ``config.yaml``), or, when OUT ends in .pt/.pth,
+    only the backbone's state_dict with torchvision names. Returns a summary of what was read."""
+    sd = read_state_dict(path)
+    fmt, backbone_sd, head_sd = split_official(sd, path)
+    shape = infer_backbone(backbone_sd)
+    backbone = build_backbone(shape["arch"], shape["width"], shape["stem"], shape["in_channels"])
+    _load_strict(backbone, backbone_sd, path)
+    head, dim = head_kind(head_sd)
+    summary = dict(format=fmt, head=head or "not imported", **shape)
+    if out.endswith((".pt", ".pth")):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        ckpt_io.save_atomic(backbone.state_dict(), out)
+        return summary
+    if os.path.exists(os.path.join(out, ckpt_io.LAST)):
+        raise ConvertError(f"{out} already holds a run (last.pt); choose another OUT_DIR")
+    os.makedirs(out, exist_ok=True)
+    model = {PREFIX + k: v for k, v in backbone.state_dict().items()}
+    if head:
+        model.update({"encoder_q.head." + k: v for k, v in head_sd.items()})
+    queue = sd.get("module.queue", sd.get("queue"))
+    preset = "v1" if head == "linear" else "v2"
+    known = dict(head=head or PRESETS[preset]["head"], dim=dim or 128)
+    if queue is not None:
+        known["K"] = queue.shape[1]  # (dim, K)
+    cfg = TrainConfig(data="", preset=preset, arch=shape["arch"], width=shape["width"], stem=shape["stem"],
+                      image_size=224, out=out, **{**PRESETS[preset], **known})
+    meta = dict(in_channels=shape["in_channels"], image_size=224, raw_shape=None, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD)
+    payload = imported_payload(model, cfg, meta, dict(source=os.path.abspath(path), format=fmt, head=summary["head"]))
+    ckpt_io.save_atomic(payload, ckpt_io.checkpoint_path(out))
+    cfg.save(os.path.join(out, "config.yaml"))
+    return summary
