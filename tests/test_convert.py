@@ -165,7 +165,10 @@ def test_imported_run_starts_training_with_init_but_does_not_resume(tmp_path):
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     with pytest.raises(CheckpointError, match="start a new run from them with --init"):
         restore(state, model, None, None, str(tmp_path / "run" / "last.pt"))
-    small = MoCo.from_config(TrainConfig(arch="resnet18", width=16, K=64, batch_size=4, bn_splits=1).resolved(), 3)
+    from fastmoco.evaluate.lincls import LinclsSettings, run_lincls
     from fastmoco.train.config import ConfigError
+    with pytest.raises(ConfigError, match="holds imported weights without a dataset: pass --data"):
+        run_lincls(str(tmp_path / "run"), LinclsSettings(progress=False))
+    small = MoCo.from_config(TrainConfig(arch="resnet18", width=16, K=64, batch_size=4, bn_splits=1).resolved(), 3)
     with pytest.raises(ConfigError, match="does not fit this backbone"):
         init_backbone(small, str(tmp_path / "run"))

@@ -50,9 +50,23 @@ def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: 
     return v2.Compose(steps)
 
 
-def eval_transform(size: int, mean, std) -> v2.Compose:
-    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+def eval_transform(size: int, mean, std, resize_ratio: float = 1.0, channels: int | None = None) -> v2.Compose:
+    """Resize the short side to size * resize_ratio (the linear protocol: 256/224), centre crop, normalise;
+    ``channels=3`` turns grey images into three equal channels for an RGB network."""
+    return v2.Compose([v2.ToImage(), v2.Resize(round(size * resize_ratio), antialias=True), v2.CenterCrop(size),
+                       *_to_channels(channels), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def crop_flip_transform(size: int, mean, std, channels: int | None = None) -> v2.Compose:
+    """The linear protocol's training augmentation: random resized crop (torchvision's 8-100 % of the area) and
+    horizontal flip."""
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                       *_to_channels(channels), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def _to_channels(channels):
+    """Images with the channel count the network takes: three equal channels from grey, or grey from colour."""
+    return [v2.RGB()] if channels == 3 else [v2.Grayscale(1)] if channels == 1 else []
 
 
 class BatchAugment(torch.nn.Module):

@@ -61,6 +61,22 @@ class ProcessGroup:
         for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
             b.copy_(v.view_as(b))
 
+    def all_objects(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    @torch.no_grad()
+    def sum_grads(self, params) -> None:
+        """Gradients summed over the ranks (a small model trained on sharded batches, without DDP)."""
+        if not self.distributed:
+            return
+        for p in params:
+            dist.all_reduce(p.grad)
+
     def broadcast_object(self, obj):
         """rank 0's ``obj`` on every rank."""
         if not self.distributed:

@@ -1,0 +1,125 @@
+"""The linear protocol: the paper's schedule and transforms, a fast-protocol classifier that learns, a frozen
+backbone, torchrun sharding, one-line errors."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FMNIST_DIR, needs_fmnist
+from fastmoco.evaluate import lincls
+from fastmoco.evaluate.lincls import PROTOCOLS, LinclsSettings, lr_at, run_lincls
+
+
+def test_official_protocol_is_the_papers():
+    p = PROTOCOLS["official"]
+    assert (p["lr"], p["momentum"], p["weight_decay"], p["batch_size"], p["epochs"]) == (30.0, 0.9, 0.0, 256, 100)
+    lrs = [lr_at(p, p["lr"], e, 100) for e in range(100)]
+    assert lrs[:60] == [30.0] * 60
+    assert all(abs(v - 3.0) < 1e-9 for v in lrs[60:80]) and all(abs(v - 0.3) < 1e-9 for v in lrs[80:])
+    assert abs(p["resize_ratio"] * 224 - 256) < 1e-9
+
+
+def test_protocol_transforms():
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from fastmoco.data.transforms import crop_flip_transform, eval_transform
+
+    train = crop_flip_transform(224, (0.5,) * 3, (0.5,) * 3)
+    crop = next(t for t in train.transforms if isinstance(t, v2.RandomResizedCrop))
+    assert crop.scale == (0.08, 1.0) and any(isinstance(t, v2.RandomHorizontalFlip) for t in train.transforms)
+    ev = eval_transform(224, (0.5,) * 3, (0.5,) * 3, 256 / 224)
+    assert next(t for t in ev.transforms if isinstance(t, v2.Resize)).size == [256]
+    assert ev(Image.new("RGB", (400, 300))).shape == (3, 224, 224)
+    grey = eval_transform(28, (0.5,) * 3, (0.5,) * 3, 1.0, channels=3)(torch.zeros(1, 28, 28, dtype=torch.uint8))
+    assert grey.shape == (3, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A one-epoch run on 512 Fashion-MNIST images (a few seconds)."""
+    from fastmoco.train import TrainConfig, train
+
+    if not os.path.isdir(FMNIST_DIR):
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    out = str(tmp_path_factory.mktemp("run"))
+    train(TrainConfig(subset=512, batch_size=64, epochs=1, width=8, K=256, progress=False, out=out,
+                      overwrite=True).resolved(), log=lambda *_: None)
+    return out
+
+
+@needs_fmnist()
+def test_fast_protocol_learns_and_writes_its_outputs(tiny_run):
+    res = run_lincls(tiny_run, LinclsSettings(subset=2000, epochs=20, knn=True, progress=False, workers=0),
+                     log=lambda *_: None)
+    assert res["protocol"] == "fast"
+    assert res["top1"] > 50.0 and res["top5"] > res["top1"]  # chance is 10 %
+    assert res["knn_top1"] > 50.0
+    out = os.path.join(tiny_run, "lincls")
+    with open(os.path.join(out, "metrics.csv")) as fh:
+        rows = fh.read().strip().splitlines()
+    assert rows[0] == "epoch,loss,lr,top1,top5" and len(rows) == 21
+    saved = torch.load(os.path.join(out, "classifier.pt"), weights_only=False)
+    assert saved["fc"]["weight"].shape == (10, 64) and saved["top1"] == res["top1"]
+
+
+@needs_fmnist()
+def test_official_protocol_keeps_the_backbone_frozen(tiny_run, monkeypatch, tmp_path):
+    from fastmoco.train import export
+
+    seen = {}
+    real = export.load_backbone
+
+    def spy(*a, **kw):
+        backbone, cfg, meta = real(*a, **kw)
+        seen["backbone"] = backbone
+        seen["before"] = {k: v.clone() for k, v in backbone.state_dict().items()}
+        return backbone, cfg, meta
+
+    monkeypatch.setattr(export, "load_backbone", spy)
+    res = run_lincls(tiny_run, LinclsSettings(protocol="official", subset=512, epochs=2, lr=1.0, workers=0,
+                                              progress=False, out=str(tmp_path)), log=lambda *_: None)
+    assert res["protocol"] == "official" and 0 <= res["top1"] <= 100
+    after = seen["backbone"].state_dict()
+    assert all(torch.equal(after[k], v) for k, v in seen["before"].items())  # weights and BN statistics
+    assert not seen["backbone"].training and all(p.grad is None for p in seen["backbone"].parameters())
+    with open(tmp_path / "metrics.csv") as fh:
+        assert len(fh.read().strip().splitlines()) == 3
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_fmnist()
+def test_torchrun_shards_the_features_and_trains_one_classifier(tiny_run, tmp_path):
+    args = [tiny_run, "--subset", "1000", "--epochs", "10", "--workers", "0", "--no-progress", "--device", "cpu"]
+    one = run_lincls(tiny_run, LinclsSettings(subset=1000, epochs=10, workers=0, progress=False, device="cpu",
+                                              out=str(tmp_path / "one")), log=lambda *_: None)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()), "-m", "fastmoco.lincls", *args,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("linear top-1") == 1  # one process reports
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("linear top-1"))
+    assert abs(float(line.split()[2]) - one["top1"]) <= 0.5
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fastmoco.lincls", *args], capture_output=True, text=True)
+
+    for args, message in [((str(tmp_path / "missing"),), "does not exist"),
+                          ((str(tmp_path), "--protocol", "svm"), "invalid choice: 'svm'")]:
+        res = cli(*args)
+        assert res.returncode == 2 and message in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 or "usage:" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = cli(str(tmp_path / "empty"))
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"fastmoco-lincls: error: {tmp_path / 'empty'} is not a fastmoco run directory (no last.pt)")
