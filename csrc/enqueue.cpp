@@ -1,16 +1,16 @@
-// The fastmoco library's native schemas, and enqueue_'s CPU kernel. The CUDA kernel is in enqueue_cuda.cu (built with FASTMOCO_CUDA).
-// The ring buffer is written as at most two contiguous row ranges with ATen copies (memcpy speed, any strides).
-#include <Python.h>
+// enqueue_'s CPU kernel, and the module's Python bindings. The ring buffer is written as at most two contiguous
+// row ranges with ATen copies (memcpy speed, any strides).
+#include <torch/extension.h>
 
 #include "enqueue.h"
 
 namespace fastmoco {
 
 void enqueue_cpu(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys) {
-  check_enqueue_args(queue, ptr, keys);
+  guard_enqueue_args(queue, ptr, keys);
   const int64_t K = queue.size(0), N = keys.size(0);
   int64_t* p = ptr.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(*p >= 0 && *p < K, "enqueue_: ptr=", *p, " outside [0, K=", K, ")");  // before any write
+  TORCH_CHECK(*p >= 0 && *p < K, "fastmoco._C enqueue: ptr outside [0, K)");  // before any write
   const int64_t n = std::min(N, K);   // N > K: only the last K keys survive
   const int64_t start = (*p + (N - n)) % K;
   const int64_t first = std::min(n, K - start);
@@ -22,15 +22,11 @@ void enqueue_cpu(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys) {
 
 }  // namespace fastmoco
 
-TORCH_LIBRARY(fastmoco, m) {
-  m.def("enqueue_(Tensor(a!) queue, Tensor(b!) ptr, Tensor keys) -> ()");
-  m.def("ema_(Tensor(a!)[] dst, Tensor[] src, float momentum) -> ()");  // CPU: ema.cpp; CUDA: Triton (Python)
-}
-
-TORCH_LIBRARY_IMPL(fastmoco, CPU, m) { m.impl("enqueue_", &fastmoco::enqueue_cpu); }
-
-// A Python module that does nothing but load this library: `import fastmoco._C` registers the ops.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "fastmoco native ops", -1, nullptr};
-  return PyModule_Create(&def);
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastmoco native compute functions (the ops are fastmoco.ops)";
+  m.def("enqueue_cpu", &fastmoco::enqueue_cpu, "ring-buffer write of keys into queue at ptr (CPU)");
+  m.def("ema_cpu", &fastmoco::ema_cpu, "dst_i <- m dst_i + (1 - m) src_i (CPU)");
+#ifdef FASTMOCO_WITH_CUDA
+  m.def("enqueue_cuda", &fastmoco::enqueue_cuda, "ring-buffer write, pointer read on the device (CUDA)");
+#endif
 }

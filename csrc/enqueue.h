@@ -1,24 +1,25 @@
-// Shared argument checks of fastmoco::enqueue_ (CPU and CUDA). TORCH_CHECK_VALUE raises ValueError in Python.
+// fastmoco._C: compute functions called by the kernels that fastmoco/ops registers against its op schemas (the
+// schemas and the user-facing argument checks live in Python, fastmoco/ops/_library.py and _checks.py). The
+// guards here only keep a direct, unchecked call from touching memory out of bounds.
 #pragma once
-#include <torch/library.h>
 #include <ATen/ATen.h>
+
+#include <vector>
 
 namespace fastmoco {
 
-inline void check_enqueue_args(const at::Tensor& queue, const at::Tensor& ptr, const at::Tensor& keys) {
-  TORCH_CHECK_VALUE(queue.dim() == 2, "enqueue_: queue must be 2-D (K, C), got ", queue.dim(), "-D");
-  TORCH_CHECK_VALUE(keys.dim() == 2, "enqueue_: keys must be 2-D (N, C), got ", keys.dim(), "-D");
-  TORCH_CHECK_VALUE(keys.size(1) == queue.size(1), "enqueue_: keys have C=", keys.size(1),
-                    " but the queue has C=", queue.size(1));
-  TORCH_CHECK_VALUE(queue.size(0) >= 1 && keys.size(0) >= 1, "enqueue_: need K >= 1 and N >= 1");
-  TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong && ptr.numel() == 1,
-                   "enqueue_: ptr must be an int64 tensor of shape (1,)");
-  TORCH_CHECK_TYPE(at::isFloatingType(queue.scalar_type()), "enqueue_: queue must be a floating dtype, got ",
-                   queue.scalar_type());
-  TORCH_CHECK_TYPE(keys.scalar_type() == queue.scalar_type(), "enqueue_: keys dtype ", keys.scalar_type(),
-                   " differs from queue dtype ", queue.scalar_type());
-  TORCH_CHECK_VALUE(ptr.device() == queue.device() && keys.device() == queue.device(),
-                    "enqueue_: queue, ptr and keys must be on one device");
+inline void guard_enqueue_args(const at::Tensor& queue, const at::Tensor& ptr, const at::Tensor& keys) {
+  TORCH_CHECK(queue.dim() == 2 && keys.dim() == 2 && keys.size(1) == queue.size(1) && queue.size(0) >= 1 &&
+                  keys.size(0) >= 1 && ptr.scalar_type() == at::kLong && ptr.numel() == 1 &&
+                  keys.scalar_type() == queue.scalar_type() && ptr.device() == queue.device() &&
+                  keys.device() == queue.device(),
+              "fastmoco._C enqueue: unchecked arguments (call fastmoco.ops.enqueue_)");
 }
+
+void enqueue_cpu(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys);
+void ema_cpu(std::vector<at::Tensor> dst, std::vector<at::Tensor> src, double momentum);
+#ifdef FASTMOCO_WITH_CUDA
+void enqueue_cuda(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys);
+#endif
 
 }  // namespace fastmoco

@@ -1,10 +1,13 @@
-// CUDA kernel of fastmoco::enqueue_. The pointer is read on the device (no host sync, CUDA-graph capturable);
-// an out-of-range value makes every thread skip its write and leaves ptr unchanged.
+// CUDA kernel of fastmoco::enqueue_ (called by the op's CUDA kernel registered in fastmoco/ops). The pointer is
+// read on the device (no host sync, CUDA-graph capturable); an out-of-range value makes every thread skip its
+// write and leaves ptr unchanged.
 // Only c10 CUDA headers: ATen/cuda/CUDAContext.h needs cusparse.h, which a CUDA toolkit without the math
 // libraries lacks, so the kernel also builds there.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <ATen/Dispatch.h>
 
 #include "enqueue.h"
 
@@ -32,7 +35,7 @@ __global__ void advance_ptr_kernel(int64_t* ptr, int64_t K, int64_t N) {
 }
 
 void enqueue_cuda(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys_in) {
-  check_enqueue_args(queue, ptr, keys_in);
+  guard_enqueue_args(queue, ptr, keys_in);
   c10::cuda::CUDAGuard guard(queue.device());
   at::Tensor keys = keys_in.contiguous();
   const int64_t K = queue.size(0), N = keys.size(0), C = keys.size(1);
@@ -51,5 +54,3 @@ void enqueue_cuda(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys_in) {
 }
 
 }  // namespace fastmoco
-
-TORCH_LIBRARY_IMPL(fastmoco, CUDA, m) { m.impl("enqueue_", &fastmoco::enqueue_cuda); }

@@ -5,7 +5,7 @@
     ops.ema_(key_params, query_params, 0.999)
     ops.enqueue_(queue, ptr, keys)
 """
-from .enqueue import enqueue_, native_available  # first: the native library defines the fastmoco namespace
+from .enqueue import enqueue_, native_available
 from .ema import EMA, ema_
 from .infonce import InfoNCE, infonce
 from .reference import ema_reference_, enqueue_reference_, infonce_reference

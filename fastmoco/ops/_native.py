@@ -1,16 +1,19 @@
-"""Loads the native extension ``fastmoco._C`` once: it defines ``fastmoco::enqueue_`` and ``fastmoco::ema_``
-(schemas, C++ CPU kernels, the CUDA enqueue kernel). Without it the ops are defined in Python over the PyTorch
-reference, after one warning."""
+"""The native extension ``fastmoco._C``, loaded once: compute functions (C++ CPU enqueue and EMA, the CUDA enqueue
+kernel) that the ops' registered kernels call. Without it those kernels use the PyTorch reference, after one
+warning."""
 import warnings
 
 try:
-    import fastmoco._C  # noqa: F401
+    from fastmoco import _C as native
 
-    NATIVE, NATIVE_ERROR = True, None
+    NATIVE_ERROR = None
 except (ImportError, OSError) as exc:
-    NATIVE, NATIVE_ERROR = False, f"{type(exc).__name__}: {exc}"
+    native, NATIVE_ERROR = None, f"{type(exc).__name__}: {exc}"
     warnings.warn(f"fastmoco: native extension unavailable ({NATIVE_ERROR}); enqueue_ and the CPU ema_ use the "
                   "PyTorch reference", RuntimeWarning, stacklevel=2)
+
+NATIVE = native is not None
+NATIVE_CUDA = NATIVE and hasattr(native, "enqueue_cuda")
 
 
 def native_available() -> bool:

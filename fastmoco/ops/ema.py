@@ -1,9 +1,9 @@
 """Multi-tensor EMA: dst_i <- momentum * dst_i + (1 - momentum) * src_i for every pair, in place.
 
-``fastmoco::ema_`` is defined by the native extension with its C++ CPU kernel (``csrc/ema.cpp``: every check up
-front, then ``at::_foreach_lerp_``); its CUDA kernel, registered here, is one Triton launch per dtype over dense pairs
-(``kernels/ema.py``), with ``torch._foreach_lerp_`` for pairs whose memory is not dense. Without the extension the
-op is defined here over ``torch._foreach_lerp_``. The per-parameter loop of the original code is
+``fastmoco::ema_`` (schema in ``_library``) has a CPU kernel (``csrc/ema.cpp`` over ``at::_foreach_lerp_``; without
+the extension ``torch._foreach_lerp_``) and a CUDA kernel, one Triton launch per dtype over dense pairs
+(``kernels/ema.py``) with ``torch._foreach_lerp_`` for pairs whose memory is not dense; every kernel runs
+``_check_pairs`` before any write. The per-parameter loop of the original code is
 :func:`fastmoco.ops.reference.ema_reference_`.
 """
 from typing import Iterable
@@ -11,8 +11,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import _checks
-from ._native import NATIVE
+from . import _checks, _library
+from ._native import NATIVE, native
 from .reference import ema_reference_  # noqa: F401
 
 try:
@@ -22,7 +22,7 @@ except ImportError:
 
 
 def _check_pairs(dst, src, momentum) -> None:
-    """Every check, before any write: the CUDA path, the fallback and the fake (compile-time) kernel run it."""
+    """Every check, before any write: the CPU and CUDA kernels and the fake (compile-time) kernel run it."""
     if len(dst) != len(src):
         raise ValueError(f"ema_: dst has {len(dst)} tensors but src has {len(src)}")
     _checks.number_in("momentum", momentum, 0.0, 1.0)
@@ -55,22 +55,15 @@ def _ema_cuda(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
         torch._foreach_lerp_(dst, src, 1.0 - momentum)
 
 
-def _ema_fake(dst, src, momentum):
+def _ema_cpu(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
     _check_pairs(dst, src, momentum)
-
-
-if NATIVE:
-    torch.library.register_kernel("fastmoco::ema_", "cuda", _ema_cuda)
-    torch.library.register_fake("fastmoco::ema_", _ema_fake)
-else:
-    @torch.library.custom_op("fastmoco::ema_", mutates_args=("dst",))
-    def _ema_op(dst: list[Tensor], src: list[Tensor], momentum: float) -> None:
-        if dst and dst[0].is_cuda:
-            return _ema_cuda(dst, src, momentum)
-        _check_pairs(dst, src, momentum)
+    if NATIVE:
+        native.ema_cpu(dst, src, momentum)
+    else:
         torch._foreach_lerp_(dst, src, 1.0 - momentum)
 
-    _ema_op.register_fake(_ema_fake)
+
+_library.register("ema_", cpu=_ema_cpu, cuda=_ema_cuda, fake=_check_pairs)
 
 
 def ema_(dst: Iterable[Tensor], src: Iterable[Tensor], momentum: float) -> None:

@@ -1,14 +1,14 @@
 """Circular enqueue of keys into the negative queue: queue[(ptr + i) % K] = keys[i], ptr <- (ptr + N) % K.
 
-``fastmoco::enqueue_`` is defined by the native extension (``csrc/``: C++ CPU kernel, CUDA kernel) when it is
-built; otherwise the same op is registered here over the PyTorch reference, with one warning. Either way the
-pointer stays on the device: no ``.item()`` and no host sync on CUDA.
+``fastmoco::enqueue_`` (schema in ``_library``) has a CPU kernel (the C++ ring-buffer copy of ``fastmoco._C``) and
+a CUDA kernel (``csrc/enqueue_cuda.cu``), each behind ``_check_args``; without the extension both run the PyTorch
+reference. The pointer stays on the device: no ``.item()`` and no host sync on CUDA.
 """
 import torch
 from torch import Tensor
 
-from . import _checks
-from ._native import NATIVE, native_available  # noqa: F401
+from . import _checks, _library
+from ._native import NATIVE, NATIVE_CUDA, native, native_available  # noqa: F401
 from .reference import enqueue_reference_
 
 
@@ -29,23 +29,20 @@ def _check_args(queue, ptr, keys) -> None:
     _checks.same("device", ("queue", "ptr", "keys"), (queue.device, ptr.device, keys.device))
 
 
-def _enqueue_fake(queue, ptr, keys):
+def _enqueue_cpu(queue, ptr, keys):
     _check_args(queue, ptr, keys)
+    p = int(ptr[0])  # a host value already: no sync
+    if not 0 <= p < queue.shape[0]:
+        raise ValueError(f"enqueue_: ptr={p} outside [0, K={queue.shape[0]})")
+    (native.enqueue_cpu if NATIVE else enqueue_reference_)(queue, ptr, keys)
 
 
-if NATIVE:
-    torch.library.register_fake("fastmoco::enqueue_", _enqueue_fake)
-else:
-    @torch.library.custom_op("fastmoco::enqueue_", mutates_args=("queue", "ptr"))
-    def _enqueue_op(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
-        _check_args(queue, ptr, keys)
-        if ptr.device.type == "cpu":  # a value check on CUDA would need a host sync
-            p = int(ptr[0])
-            if not 0 <= p < queue.shape[0]:
-                raise ValueError(f"enqueue_: ptr={p} outside [0, K={queue.shape[0]})")
-        enqueue_reference_(queue, ptr, keys)
+def _enqueue_cuda(queue, ptr, keys):
+    _check_args(queue, ptr, keys)  # metadata only: an out-of-range ptr value is caught on the device, no sync
+    (native.enqueue_cuda if NATIVE_CUDA else enqueue_reference_)(queue, ptr, keys)
 
-    _enqueue_op.register_fake(_enqueue_fake)
+
+_library.register("enqueue_", cpu=_enqueue_cpu, cuda=_enqueue_cuda, fake=_check_args)
 
 
 def enqueue_(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:

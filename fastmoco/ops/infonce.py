@@ -1,8 +1,8 @@
 """InfoNCE over a queue of negatives without materialising the (N, 1+K) logits.
 
-Reading order: CPU path (chunked online log-sum-exp) -> registered op ``fastmoco::infonce`` (custom_op +
-register_fake + register_autograd) -> public :func:`infonce` -> :class:`InfoNCE` module. The CUDA kernels live
-in ``kernels/infonce.py``; the naive reference is :func:`fastmoco.ops.reference.infonce_reference`.
+Reading order: the argument check -> CPU path (chunked online log-sum-exp) -> the kernels of ``fastmoco::infonce``
+(schema in ``_library``: CPU, CUDA, fake, autograd) -> public :func:`infonce` -> :class:`InfoNCE` module. The
+CUDA kernels live in ``kernels/infonce.py``; the naive reference is :func:`fastmoco.ops.reference.infonce_reference`.
 
 Both paths return, per row, the loss, the positive's probability p0 and W = sum_j p_j queue_j, so the backward is
 two element-wise lines: dq = g/T (W + (p0 - 1) k), dk = g/T (p0 - 1) q.
@@ -10,7 +10,7 @@ two element-wise lines: dq = g/T (W + (p0 - 1) k), dk = g/T (p0 - 1) q.
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _checks, _library
 from .reference import infonce_reference  # noqa: F401  (importable beside the fused op)
 
 try:
@@ -57,23 +57,52 @@ def _use_triton(q: Tensor) -> bool:
             and q.dtype != torch.float64)
 
 
-@torch.library.custom_op("fastmoco::infonce", mutates_args=())
-def _infonce_op(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns fp32 (float64 for float64 inputs) per-row loss (N,), p0 (N,) and W (N, C); the last two are saved
-    for backward."""
+def _check_args(q, k, queue, temperature) -> None:
+    """Every check of the op's arguments: the public function, each kernel and the fake kernel run it."""
+    for name, x in (("q", q), ("k", k), ("queue", queue)):
+        _checks.tensor(name, x)
+    _checks.rank("q", q, 2, "(N, C)")
+    _checks.rank("k", k, 2, "(N, C)")
+    _checks.rank("queue", queue, 2, "(K, C)")
+    for name, x in (("q", q), ("k", k), ("queue", queue)):
+        _checks.float_dtype(name, x)
+    _checks.same("dtype", ("q", "k", "queue"), (q.dtype, k.dtype, queue.dtype))
+    _checks.same("device", ("q", "k", "queue"), (q.device, k.device, queue.device))
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape (N, C), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if queue.shape[1] != q.shape[1]:
+        raise ValueError(f"queue has C={queue.shape[1]} columns but q has C={q.shape[1]}")
+    if q.shape[0] == 0 or queue.shape[0] == 0:
+        raise ValueError(f"need N >= 1 and K >= 1, got N={q.shape[0]}, K={queue.shape[0]}")
+    _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
+
+
+# The op returns fp32 (float64 for float64 inputs) per-row loss (N,), p0 (N,) and W (N, C); the last two are
+# saved for backward. Its kernels compute in the op's own dtypes, even inside autocast.
+def _infonce_cpu(q: Tensor, k: Tensor, queue: Tensor, temperature: float):
+    _check_args(q, k, queue, temperature)
+    with torch.autocast("cpu", enabled=False):
+        return _forward_chunked(q, k, queue, temperature)
+
+
+def _infonce_cuda(q: Tensor, k: Tensor, queue: Tensor, temperature: float):
+    _check_args(q, k, queue, temperature)
     if _use_triton(q):
         from fastmoco.kernels.infonce import infonce_forward
 
         return infonce_forward(q, k, queue, temperature)
-    with torch.autocast(q.device.type, enabled=False):  # the op's dtypes are its own, even inside autocast
+    with torch.autocast("cuda", enabled=False):
         return _forward_chunked(q, k, queue, temperature)
 
 
-@_infonce_op.register_fake
-def _(q, k, queue, temperature):
+def _infonce_fake(q, k, queue, temperature):
+    _check_args(q, k, queue, temperature)
     N, C = q.shape
     acc = _acc_dtype(q.dtype)
     return q.new_empty((N,), dtype=acc), q.new_empty((N,), dtype=acc), q.new_empty((N, C), dtype=acc)
+
+
+_library.register("infonce", cpu=_infonce_cpu, cuda=_infonce_cuda, fake=_infonce_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -96,7 +125,8 @@ def _backward(ctx, g_loss, _g_p0, _g_w):
     return dq, dk, None, None
 
 
-_infonce_op.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(_library.qualname("infonce"), _backward, setup_context=_setup_context,
+                                lib=_library.LIBRARY)
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -107,22 +137,8 @@ def infonce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.07, redu
     q, k: (N, C); queue: (K, C), one negative key per row, treated as a constant. Returns a scalar, or (N,) for
     reduction="none", in q's dtype (accumulation is fp32).
     """
-    for name, x in (("q", q), ("k", k), ("queue", queue)):
-        _checks.tensor(name, x)
-    _checks.rank("q", q, 2, "(N, C)")
-    _checks.rank("k", k, 2, "(N, C)")
-    _checks.rank("queue", queue, 2, "(K, C)")
-    for name, x in (("q", q), ("k", k), ("queue", queue)):
-        _checks.float_dtype(name, x)
-    _checks.same("dtype", ("q", "k", "queue"), (q.dtype, k.dtype, queue.dtype))
-    _checks.same("device", ("q", "k", "queue"), (q.device, k.device, queue.device))
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape (N, C), got {tuple(q.shape)} and {tuple(k.shape)}")
-    if queue.shape[1] != q.shape[1]:
-        raise ValueError(f"queue has C={queue.shape[1]} columns but q has C={q.shape[1]}")
-    if q.shape[0] == 0 or queue.shape[0] == 0:
-        raise ValueError(f"need N >= 1 and K >= 1, got N={q.shape[0]}, K={queue.shape[0]}")
-    temperature = _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
+    _check_args(q, k, queue, temperature)  # here too, so errors name the arguments before dispatch
+    temperature = float(temperature)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     rows = torch.ops.fastmoco.infonce(q, k, queue.detach(), temperature)[0]  # (N,) fp32
