@@ -8,6 +8,7 @@ log-sum-exp). The (N, 1+K) logits never reach memory.
 the positive's probability p0 and the normalised weighted sum W = sum_j p_j queue_j. Backward needs only those:
 dq = g/T * (W + (p0 - 1) k),  dk = g/T * (p0 - 1) q  (no second pass over the queue).
 """
+import os
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,27 @@ def launch_config(cc: int, dtype: torch.dtype, n: int, c: int) -> LaunchConfig:
     return LaunchConfig(block_n, block_k, block_c, num_warps=8 if block_c > 128 else 4, num_stages=3)
 
 
+# triton.autotune over the key tile, warps and stages, for real GPUs (FASTMOCO_AUTOTUNE=1): the first call per
+# shape benchmarks every candidate and keeps the fastest; a candidate whose shared memory exceeds the device's
+# limit fails to launch and triton's autotuner skips it (tests/kernels/compile_targets.py compiles every candidate
+# for sm_80 and sm_90). Off under the interpreter, which cannot time kernels. The table above is the default.
+TUNE_BLOCK_K = (32, 64, 128)
+TUNE_CONFIGS = [triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=st)
+                for bk in TUNE_BLOCK_K for w in (4, 8) for st in (2, 3, 4)]
+_partial_tuned = triton.autotune(configs=TUNE_CONFIGS, key=["N", "K", "C", "BLOCK_N", "BLOCK_C", "UPCAST",
+                                                              "PRECISION"])(_partial_kernel)
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("FASTMOCO_AUTOTUNE", "0") == "1" and not INTERPRET
+
+
+def split_queue(K: int, splits: int, tile: int) -> tuple[int, int]:
+    """(rows per split, a multiple of ``tile``; number of splits) for about ``splits`` splits of K rows."""
+    k_per_split = triton.cdiv(triton.cdiv(K, splits), tile) * tile
+    return k_per_split, triton.cdiv(K, k_per_split)
+
+
 def _capability(device) -> int:
     if INTERPRET or not torch.cuda.is_available():
         return 80  # the interpreter runs the smallest-memory row
@@ -165,20 +187,21 @@ def infonce_forward(q, k, queue, temperature: float):
     n_blocks = triton.cdiv(N, block_n)
     # split the queue so that about two programs run per SM
     splits = max(1, min(triton.cdiv(K, cfg.block_k), triton.cdiv(2 * _num_sms(q.device), n_blocks)))
-    k_per_split = triton.cdiv(triton.cdiv(K, splits), cfg.block_k) * cfg.block_k
-    splits = triton.cdiv(K, k_per_split)
+    tuned = autotune_enabled()
+    # every split a whole number of key tiles: of the largest candidate tile when the autotuner picks it
+    k_per_split, splits = split_queue(K, splits, max(TUNE_BLOCK_K) if tuned else cfg.block_k)
     f32 = dict(device=q.device, dtype=torch.float32)
     m_part = torch.empty((splits, N), **f32)
     l_part = torch.empty((splits, N), **f32)
     w_part = torch.empty((splits, N, C), **f32)
     scale = 1.0 / temperature
     precision = "tf32" if (q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
-    _partial_kernel[(n_blocks, splits)](
+    table = {} if tuned else dict(BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    (_partial_tuned if tuned else _partial_kernel)[(n_blocks, splits)](
         q, queue, m_part, l_part, w_part, N, K, C, k_per_split, scale,
         q.stride(0), q.stride(1), queue.stride(0), queue.stride(1),
-        BLOCK_N=block_n, BLOCK_K=cfg.block_k, BLOCK_C=block_c,
-        UPCAST=INTERPRET and q.dtype == torch.bfloat16, PRECISION=precision,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_N=block_n, BLOCK_C=block_c, UPCAST=INTERPRET and q.dtype == torch.bfloat16, PRECISION=precision,
+        **table,
     )
     loss = torch.empty((N,), **f32)
     p0 = torch.empty((N,), **f32)

@@ -60,6 +60,17 @@ def jobs():
                    report=dict(dtype=str(dtype), precision=precision, tiles=[cfg.block_n, cfg.block_k, cfg.block_c],
                                warps=cfg.num_warps,
                                expect_mma=precision == "tf32" or dtype != torch.float32))  # ieee fp32: FMA units
+    # the autotuner's candidates at the widest tile (BLOCK_N 64, BLOCK_C MAX_C); num_stages leaves shared memory as
+    # it is (measured), so one stage count stands for all three
+    for cc, dtype, bk, warps in itertools.product(nce.SHARED_LIMIT, PTR, nce.TUNE_BLOCK_K, (4, 8)):
+        sig = dict(q_ptr=PTR[dtype], queue_ptr=PTR[dtype], m_ptr="*fp32", l_ptr="*fp32", w_ptr="*fp32", **scalars,
+                   BLOCK_N="constexpr", BLOCK_K="constexpr", BLOCK_C="constexpr", UPCAST="constexpr",
+                   PRECISION="constexpr")
+        yield dict(kernel="infonce_partial", cc=cc, signature=sig,
+                   constexprs=dict(BLOCK_N=64, BLOCK_K=bk, BLOCK_C=nce.MAX_C, UPCAST=False, PRECISION="ieee"),
+                   options=dict(num_warps=warps, num_stages=3),
+                   report=dict(dtype=str(dtype), precision="ieee", tiles=[64, bk, nce.MAX_C], warps=warps, tuned=True,
+                               expect_mma=dtype != torch.float32))
     combine_sig = dict(m_ptr="*fp32", l_ptr="*fp32", w_ptr="*fp32", loss_ptr="*fp32", p0_ptr="*fp32",
                        wout_ptr="*fp32", N="i32", C="i32", S="i32", scale="fp32", stride_qn="i32", stride_qc="i32",
                        stride_pn="i32", stride_pc="i32", BLOCK_N="constexpr", BLOCK_C="constexpr")

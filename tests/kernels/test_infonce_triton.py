@@ -68,3 +68,13 @@ def test_kernel_identical_embeddings_give_log_k_plus_one():
     loss, p0, _ = infonce_forward(v.repeat(3, 1), v.repeat(3, 1), v.repeat(K, 1), 0.07)
     torch.testing.assert_close(loss, torch.full((3,), math.log(K + 1)), atol=1e-5, rtol=0)
     torch.testing.assert_close(p0, torch.full((3,), 1 / (K + 1)), atol=1e-7, rtol=1e-5)
+
+
+def test_autotune_stays_off_under_the_interpreter_and_splits_are_whole_tiles(monkeypatch):
+    from fastmoco.kernels import infonce as nce
+
+    monkeypatch.setenv("FASTMOCO_AUTOTUNE", "1")
+    assert nce.INTERPRET and not nce.autotune_enabled()  # the interpreter cannot time kernels
+    for K, splits, tile in ((65536, 264, 128), (1000, 7, 64), (5, 3, 32)):
+        k_per_split, n = nce.split_queue(K, splits, tile)
+        assert k_per_split % tile == 0 and n * k_per_split >= K > (n - 1) * k_per_split
