@@ -2,7 +2,7 @@
 # GPU check for a lent device (H100/H200: torch 2.11, triton 3.6, nvcc, no internet, no DALI).
 # Builds the package with the CUDA enqueue kernel, runs the CUDA tests and the op benchmarks, and writes
 # everything to $OUT (default ./gpu_out). Budget: ~8 minutes on an H200 (build ~2.5 min, tests ~1 min,
-# op benchmarks ~2 min, the end-to-end ResNet-50 step ~2 min). Run from the repository root:
+# op benchmarks ~2 min, the autotuned InfoNCE ~0.5 min, the end-to-end ResNet-50 step ~2 min; not yet timed on one). Run from the repository root:
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -29,6 +29,11 @@ TRITON_INTERPRET=0 python3 -m pytest -q tests/ops tests/train -k "cuda" -p no:ca
 
 python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
   --benchmark-sort=name --benchmark-json="$OUT/bench.json" -p no:cacheprovider 2>&1 | tee "$OUT/bench.txt"
+
+# the fused InfoNCE again with triton.autotune choosing tiles, warps and stages (against the table's choice above)
+FASTMOCO_AUTOTUNE=1 python3 -m pytest -q benchmarks/test_bench_infonce.py --benchmark-only \
+  --benchmark-columns=min,median,mean,rounds --benchmark-sort=name --benchmark-json="$OUT/bench_autotune.json" \
+  -p no:cacheprovider 2>&1 | tee "$OUT/bench_autotune.txt"
 
 # end to end: ResNet-50, 224 px, batch 256, bf16, channels-last, compiled step, K=65536, on synthetic images (no
 # dataset there); the compile time is printed separately from the steady-state pairs/s

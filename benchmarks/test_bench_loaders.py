@@ -3,9 +3,11 @@ v2 recipe and two views per image, on a folder of real-sized JPEGs (224 px crops
 crops). ``python benchmarks/loaders.py`` prints the same comparison as a table, plus one training epoch with each."""
 import pytest
 
-from fastmoco.data import build_data
-from fastmoco.train import TrainConfig
-from loaders import make_folder
+pytest.importorskip("nvidia.dali", reason="the loader comparison needs NVIDIA DALI (pip install nvidia-dali-cuda130)")
+
+from fastmoco.data import build_data  # noqa: E402
+from fastmoco.train import TrainConfig  # noqa: E402
+from loaders import make_folder  # noqa: E402
 
 CASES = {  # name: (images, smallest side, largest side, crop, batch)
     "jpeg 300-500 px -> 224": (64, 300, 500, 224, 32),

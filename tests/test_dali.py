@@ -230,3 +230,56 @@ def test_blur_kernels_are_torchvisions_gaussian(size, sigma):
     blurred = TF.gaussian_blur(delta, [taps, taps], [sigma, sigma])[0]
     c, r = 3 * taps // 2, taps // 2
     torch.testing.assert_close(blurred[c - r:c + r + 1, c - r:c + r + 1], torch.outer(k, k), atol=1e-6, rtol=1e-5)
+
+
+def test_views_are_the_drawn_crops_and_flips(tmp_path):
+    """DALI's view equals torchvision's resized_crop + flip (+ greying) of the same image with the parameters
+    view_params drew for that batch (jitter off): the crop box, its (y, x) order, the mirroring and the greying
+    all reach the pipeline."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from fastmoco.data.view_params import draw
+
+    _textured_folder(tmp_path, n=4)
+    data = _identity_views(build_data(_cfg(tmp_path, preset="v1", image_size=24), "cpu"))
+    (v1, _), = list(data.epoch(0))[:1]
+    files = [data.train_ds.samples[int(i)][0] for i in next(data.plan(0))[1]]
+    hw = np.array([data.train_ds.image_sizes[f] for f in files])
+    from fastmoco.data import _batch_seed
+    p = draw(np.random.default_rng(_batch_seed(0, 0, 0)), hw, data.dali.spec)  # view 1's draws come first
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i, f in enumerate(files):
+        img = TF.pil_to_tensor(Image.open(f).convert("RGB"))
+        (y0, x0), (y1, x1) = p["roi_start"][i] * hw[i], p["roi_end"][i] * hw[i]
+        box = [int(round(y0)), int(round(min(x0, x1))), int(round(y1 - y0)), int(round(abs(x1 - x0)))]
+        crop = TF.resized_crop(img, *box, [24, 24], antialias=True)
+        if x1 < x0:
+            crop = TF.horizontal_flip(crop)
+        if p["saturation"][i] == 0:  # random greying (p=0.2) stays on with the jitter off
+            crop = TF.rgb_to_grayscale(crop, num_output_channels=3)
+        expect = (crop.float() / 255 - mean) / std
+        assert (v1[i] - expect).abs().mean() < 0.08, (i, box)
+        wrong = TF.horizontal_flip(expect) if box[3] > 2 else expect
+        assert (v1[i] - wrong).abs().mean() > 2 * (v1[i] - expect).abs().mean()
+
+
+@pytest.mark.parametrize("recipe,channels,erase_p", [("v2", 3, 0.0), ("v1", 3, 0.0), ("v2", 1, 0.5)])
+def test_drawn_parameters_follow_the_recipe(recipe, channels, erase_p):
+    from fastmoco.data.view_params import ViewSpec, draw
+
+    B, s, hue = 20000, 0.4, 0.1
+    spec = ViewSpec(recipe, 32, channels, (0.5,) * channels, (0.5,) * channels, 0.2, s, hue, erase_p)
+    p = draw(np.random.default_rng(0), np.array([[48, 64]] * B), spec)
+    flipped = p["roi_end"][:, 1] < p["roi_start"][:, 1]
+    jittered = (p["brightness"] != 1) | (p["contrast"] != 1)
+    assert abs(flipped.mean() - 0.5) < 0.02
+    assert abs(jittered.mean() - (0.8 if recipe == "v2" else 1.0)) < 0.02
+    assert p["brightness"].min() >= 1 - s and p["brightness"].max() <= 1 + s
+    assert np.abs(p["hue"]).max() <= 360 * hue and (p["hue"][~jittered] == 0).all()
+    if channels == 3:  # greying p=0.2, independent of the jitter
+        assert abs((p["saturation"] == 0).mean() - 0.2) < 0.02
+    assert abs(p["blur"].mean() - 0.5) < 0.02
+    assert abs(p["erase"].mean() - erase_p) < 0.02
+    k = p["blur_kx"][:, 0]  # (B, taps): normalised, symmetric, peaked at the centre
+    assert np.allclose(k.sum(1), 1, atol=1e-5) and np.allclose(k, k[:, ::-1], atol=1e-7)
