@@ -16,7 +16,7 @@ from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastmoco.models import ARCHS, build_backbone
 from fastmoco.train import checkpoint as ckpt_io
 from fastmoco.train.config import PRESETS, TrainConfig
-from fastmoco.train.export import PREFIX
+from fastmoco.train.export import PREFIX, read_weights
 from fastmoco.train.state import imported_payload
 
 FORMATS = {"encoder_q.": "MoCo v1/v2", "base_encoder.": "MoCo v3"}
@@ -28,18 +28,12 @@ class ConvertError(ValueError):
 
 def read_state_dict(path: str) -> dict:
     """The state_dict a checkpoint file holds (under ``state_dict`` / ``model``, or the file itself)."""
-    if not os.path.isfile(path):
-        raise ConvertError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip and format errors all mean "not a checkpoint"
-        raise ConvertError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__})") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    obj = read_weights(path, ConvertError)  # a download: tensors and plain containers only
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConvertError(f"{path} holds no state_dict of tensors")
     return obj
 

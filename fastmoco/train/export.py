@@ -68,19 +68,26 @@ def load_backbone(path: str, checkpoint: str | None = None):
     return backbone, cfg, meta
 
 
+def read_weights(path: str, error=ConfigError, prefix: str = "", trusted: bool = False) -> dict:
+    """The dict a PyTorch weights file holds, or ``error`` in one line. Files from elsewhere load with
+    ``weights_only`` (tensors and plain containers only); ``trusted`` ones (fastmoco's own) in full."""
+    if not os.path.isfile(path):
+        raise error(f"{prefix}checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and format errors all mean "not a checkpoint"
+        raise error(f"{prefix}{path} is not a PyTorch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{prefix}{path} holds no state_dict")
+    return obj
+
+
 def init_backbone(model, path: str) -> None:
     """Both encoders' backbones set to the weights at ``path`` (see ``TrainConfig.init``)."""
     if os.path.isdir(path):
         sd = backbone_state_dict(read_run(path)[0]["model"])
     else:
-        if not os.path.isfile(path):
-            raise ConfigError(f"--init: {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - pickle, zip and format errors all mean "not weights"
-            raise ConfigError(f"--init: {path} is not a PyTorch weights file ({type(exc).__name__})") from None
-        if not isinstance(state, dict):
-            raise ConfigError(f"--init: {path} holds no state_dict")
+        state = read_weights(path, ConfigError, "--init: ", trusted=True)
         if "config" in state and "model" in state:  # a fastmoco checkpoint
             sd = backbone_state_dict(state["model"])
         else:  # a plain backbone state_dict (torchvision names); a classifier is not part of the backbone
