@@ -10,7 +10,6 @@ import torch
 import torchvision
 
 from fastmoco.convert import ConvertError, detectron2_key, import_official, to_detectron2, to_torchvision
-from fastmoco.models import build_backbone
 from fastmoco.train.export import load_backbone
 
 

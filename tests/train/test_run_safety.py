@@ -1,6 +1,5 @@
 """Nothing lost, nothing silent: verified checkpoints with a fallback, honest resume, typed settings, run paths."""
 import math
-import os
 import re
 import subprocess
 import sys

@@ -15,7 +15,6 @@ from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.models import MoCo
 from fastmoco.ops.ema import ema_pairs
 from fastmoco.train import ConfigError, TrainConfig, train
-from fastmoco.train.loop import Trainer
 from fastmoco.train.state import RunLock
 from fastmoco.train.step import ema_and_enqueue
 
