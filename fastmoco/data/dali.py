@@ -46,8 +46,8 @@ INSTALL_HINT = "pip install nvidia-dali-cuda130"
 _FAILED_FILE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
 # per view: (name, dtype, ndim) of the parameters view_params.draw returns
 _PARAMS = [("roi_start", "FLOAT", 1), ("roi_end", "FLOAT", 1), ("brightness", "FLOAT", 0), ("contrast", "FLOAT", 0),
-           ("saturation", "FLOAT", 0), ("hue", "FLOAT", 0), ("blur", "BOOL", 0), ("blur_kx", "FLOAT", 2), ("blur_ky", "FLOAT", 2),
-           ("erase", "BOOL", 0), ("erase_anchor", "FLOAT", 1), ("erase_shape", "FLOAT", 1)]
+           ("saturation", "FLOAT", 0), ("hue", "FLOAT", 0), ("blur", "BOOL", 0), ("blur_kx", "FLOAT", 2),
+           ("blur_ky", "FLOAT", 2), ("erase", "BOOL", 0), ("erase_anchor", "FLOAT", 1), ("erase_shape", "FLOAT", 1)]
 PREFETCH = 2  # batches DALI prepares ahead of the one the loop is using
 
 
@@ -78,7 +78,8 @@ def _view(images, spec: ViewSpec, v: int):
         if a["blur"]:  # conditional execution: only these samples are blurred
             # the Gaussian as two 1-D filters with each sample's kernel (reflect-101 borders, as torchvision):
             # measured 0.07 vs 3.4 ms of CPU per 224 px view for fn.gaussian_blur
-            x = fn.filter(fn.filter(x, a["blur_kx"]), a["blur_ky"])
+            kx, ky = (a["blur_kx"].gpu(), a["blur_ky"].gpu()) if x.device == "gpu" else (a["blur_kx"], a["blur_ky"])
+            x = fn.filter(fn.filter(x, kx), ky)  # the filters are regular inputs: on the data's device
     if spec.erase_p > 0:
         if a["erase"]:
             x = fn.erase(x, anchor=a["erase_anchor"], shape=a["erase_shape"], axis_names="HW", fill_value=128)
@@ -125,18 +126,18 @@ class DaliEpochs:
         pipe.build()
         return pipe
 
-    def _run(self, pipe, batches, iterator_kw):
-        """Feeds each batch's parameters a few batches ahead of DALI's prefetching and yields the views.
-        ``batches``: per micro-batch (seed, image sizes (B, 2), images or None)."""
+    def _run(self, pipe, batches, iterator_kw, images=None):
+        """Feeds each batch's parameters (and its ``images[idx]`` for fed images) a few batches ahead of DALI's
+        prefetching and yields the views. ``batches``: per micro-batch (seed, image sizes (B, 2), idx or None)."""
         fed, used = 0, _used(self.spec)
 
         def feed_until(k):
             nonlocal fed
             while fed < min(k, len(batches)):
-                seed, hw, images = batches[fed]
+                seed, hw, idx = batches[fed]
                 rng = np.random.default_rng(seed)
                 if images is not None:
-                    pipe.feed_input("images", images)
+                    pipe.feed_input("images", images[idx])  # (B, H, W, C) uint8
                 for v in range(2):
                     for name, value in draw(rng, hw, self.spec).items():
                         if name in used:
@@ -144,7 +145,10 @@ class DaliEpochs:
                 fed += 1
 
         feed_until(PREFETCH + 1)
-        for i, out in enumerate(DALIGenericIterator([pipe], ["v1", "v2"], **iterator_kw)):
+        with warnings.catch_warnings():  # DALI advises a reader_name; fed images have none, their count is exact
+            warnings.simplefilter("ignore")
+            iterator = DALIGenericIterator([pipe], ["v1", "v2"], **iterator_kw)
+        for i, out in enumerate(iterator):
             feed_until(i + PREFETCH + 2)
             yield _to_torch(out, self.device)
 
@@ -166,13 +170,12 @@ class DaliEpochs:
 
     def memory(self, images: np.ndarray, batches: list, seeds: list[int]):
         """Two views of ``images[idx]`` for each index array of ``batches`` (uint8 (N, H, W, C) on the host)."""
+        if not batches:  # a run resumed at an epoch's last step: nothing left of it
+            return
         hw = np.array(images.shape[1:3])[None].repeat(self.batch_size, 0)  # (B, 2): every image the same size
         pipe = self._pipeline("memory")
-        fed = [(seed, hw, images[idx]) for idx, seed in zip(batches, seeds)]
-        with warnings.catch_warnings():  # DALI advises a reader_name; fed images have none, their count is exact
-            warnings.simplefilter("ignore")
-            kw = dict(size=len(batches) * self.batch_size, last_batch_policy=LastBatchPolicy.DROP)
-            yield from self._run(pipe, fed, kw)
+        kw = dict(size=len(batches) * self.batch_size, last_batch_policy=LastBatchPolicy.DROP)
+        yield from self._run(pipe, [(seed, hw, idx) for idx, seed in zip(batches, seeds)], kw, images)
 
 
 def failed_file(exc: Exception):
