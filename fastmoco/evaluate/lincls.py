@@ -133,6 +133,7 @@ def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metric
             group["lr"] = lr
         order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(s.seed * 1000 + epoch))
         steps = [order[i:i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+        steps = [b for b in steps if len(b) >= pg.world]  # every process needs a share of every batch
         train_ds.transform = train_tf
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=[b[pg.rank::pg.world].tolist() for b in steps],
                                              num_workers=s.workers)
@@ -151,7 +152,7 @@ def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metric
         xt, yt = extract(backbone, test_ds, eval_tf, pg, 256, s.workers, False, "evaluate")
         with torch.no_grad():
             top1, top5 = _topk(fc(xt.to(pg.device)), yt.to(pg.device))
-        loss_mean = pg.mean(total) / len(steps)
+        loss_mean = pg.mean(total) * pg.world / len(steps)  # each process summed its share of each batch mean
         metrics.add(epoch=epoch + 1, loss=round(loss_mean, 5), lr=lr, top1=round(top1, 2), top5=round(top5, 2))
     return {}
 
