@@ -1,6 +1,6 @@
 """fastmoco-lincls RUN_DIR: the linear classification protocol on a run's frozen backbone (top-1 / top-5).
 
-  fastmoco-lincls runs/fastmoco                       # fast protocol on Fashion-MNIST (about a minute on 2 cores)
+  fastmoco-lincls runs/fastmoco                       # fast protocol on Fashion-MNIST (86 s on 2 cores)
   fastmoco-lincls runs/in1k --val /imagenet/val       # the paper's protocol (official: lr 30, 100 epochs)
   torchrun --nproc_per_node=8 -m fastmoco.lincls runs/in1k --val /imagenet/val
   fastmoco-lincls runs/imported --data /imagenet/train --val /imagenet/val --knn
