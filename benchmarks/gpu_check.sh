@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for a lent device (H100/H200: torch 2.11, triton 3.6, nvcc, no internet, no DALI).
+# GPU check for an H100/H200 machine (torch 2.11, triton 3.6, nvcc, no internet, no DALI).
 # Builds the package with the CUDA enqueue kernel, runs the CUDA tests and the op benchmarks, and writes
 # everything to $OUT (default ./gpu_out). Budget: ~8 minutes on an H200 (build ~2.5 min, tests ~1 min,
 # op benchmarks ~2 min, the autotuned InfoNCE ~0.5 min, the end-to-end ResNet-50 step ~2 min; not yet timed on one). Run from the repository root:
