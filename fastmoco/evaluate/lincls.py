@@ -60,6 +60,14 @@ def lr_at(protocol: dict, lr: float, epoch: int, epochs: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
+def _set_lr(opt, proto: dict, s, epoch: int) -> float:
+    """The protocol's learning rate for ``epoch``, set on the optimizer."""
+    lr = lr_at(proto, s.lr, epoch, s.epochs)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def _topk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, 5)
     hit = top == labels[:, None]
@@ -107,9 +115,7 @@ def _fit_fast(fc, train, test, proto, s, pg, metrics):
     opt = torch.optim.SGD(fc.parameters(), lr=s.lr, momentum=proto["momentum"], weight_decay=proto["weight_decay"])
     g = torch.Generator().manual_seed(s.seed)
     for epoch in tqdm(range(s.epochs), desc="linear layer", disable=not (s.progress and pg.is_main), leave=False):
-        lr = lr_at(proto, s.lr, epoch, s.epochs)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = _set_lr(opt, proto, s, epoch)
         total = 0.0
         for idx in torch.randperm(len(x), generator=g).to(pg.device).split(s.batch_size):
             loss = F.cross_entropy(fc(x[idx]), y[idx])
@@ -128,9 +134,7 @@ def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metric
     opt = torch.optim.SGD(fc.parameters(), lr=s.lr, momentum=proto["momentum"], weight_decay=proto["weight_decay"])
     train_tf = crop_flip_transform(size, mean, std, channels)
     for epoch in range(s.epochs):
-        lr = lr_at(proto, s.lr, epoch, s.epochs)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = _set_lr(opt, proto, s, epoch)
         order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(s.seed * 1000 + epoch))
         steps = [order[i:i + s.batch_size] for i in range(0, len(order), s.batch_size)]
         steps = [b for b in steps if len(b) >= pg.world]  # every process needs a share of every batch
