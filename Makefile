@@ -2,7 +2,7 @@
 PY ?= python3
 export PYTHONUNBUFFERED=1
 
-.PHONY: setup train test bench quality clean
+.PHONY: setup train test bench quality ablations clean
 
 setup:
 	bash scripts/setup.sh
@@ -19,6 +19,9 @@ bench: setup
 
 quality: setup
 	$(PY) benchmarks/quality_fmnist.py $(ARGS)
+
+ablations: setup
+	$(PY) benchmarks/ablations_fmnist.py $(ARGS)
 
 clean:
 	rm -rf build *.egg-info fastmoco/*.so .setup-stamp
