@@ -5,7 +5,7 @@ from fastmoco.train.config import ConfigError, TrainConfig, build_parser, config
 
 def test_default_is_the_tuned_fashion_mnist_recipe():
     cfg = config_from_args([])
-    assert cfg.preset == "fmnist" and (cfg.head, cfg.T, cfg.aug, cfg.crop_min_scale) == ("mlp", 0.1, "v2", 0.9)
+    assert cfg.preset == "fmnist" and (cfg.head, cfg.T, cfg.aug, cfg.crop_min_scale) == ("linear", 0.07, "v2", 0.9)
     assert cfg.data == "/usr/share/datasets/fashion-mnist"
 
 

@@ -1,4 +1,4 @@
-"""fastmoco-train: MoCo v1/v2 pre-training (default: MoCo v2 on the embedded Fashion-MNIST, CPU-sized)."""
+"""fastmoco-train: MoCo v1/v2 pre-training (default: the fmnist recipe on the embedded Fashion-MNIST, CPU-sized)."""
 from fastmoco.cli import run_cli
 
 
