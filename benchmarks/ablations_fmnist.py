@@ -28,8 +28,17 @@ from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from quality_fmnist import cpu_model  # noqa: E402
+
+
+def cpu_model() -> str:
+    """The CPU's model string, as quality_fmnist.py reports it (loaded by path: benchmarks/ is not a package, and
+    putting it on sys.path would let its conftest shadow the tests' one in processes spawned later)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_fmnist", os.path.join(HERE, "quality_fmnist.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.cpu_model()
 
 
 @dataclass

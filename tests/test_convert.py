@@ -141,7 +141,7 @@ def test_small_run_has_no_torchvision_counterpart(tmp_path):
     if not os.path.isdir(cfg.data):
         pytest.skip("apt-get install dataset-fashion-mnist")
     train(cfg, log=lambda *_: None)
-    with pytest.raises(ConvertError, match=r"no torchvision counterpart: width 4 \(not 64\), stem small-s2"):
+    with pytest.raises(ConvertError, match=r"no torchvision counterpart: arch resnet10, width 4 \(not 64\), stem small-s2"):
         to_torchvision(str(tmp_path / "run"), str(tmp_path / "x.pth"))
 
 
