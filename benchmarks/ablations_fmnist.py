@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -129,12 +130,11 @@ def execute(run: Run, base: list, out: str) -> dict:
     with open(os.path.join(run_dir, "metrics.csv")) as fh:
         rows = list(csv.DictReader(fh))
     losses = loss_curve(run_dir)
-    half = losses[len(losses) // 2:] or [float("nan")]
-    mean_half = sum(half) / len(half)
+    half = losses[len(losses) // 2:]
     result = dict(knn=float(rows[-1]["knn_top1"]), wall_s=round(wall, 1), steps=int(rows[-1]["step"]),
                   final_loss=round(float(rows[-1]["loss"]), 4),
                   # spread of the per-step loss over the second half of training: large when it oscillates
-                  loss_std_2nd_half=round((sum((x - mean_half) ** 2 for x in half) / len(half)) ** 0.5, 4),
+                  loss_std_2nd_half=round(statistics.pstdev(half), 4) if half else float("nan"),
                   losses=losses)
     with open(done + ".tmp", "w") as fh:
         json.dump(result, fh)
