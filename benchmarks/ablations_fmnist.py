@@ -191,7 +191,7 @@ def plot(runs: list[Run], out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [g for g in ("momentum", "queue", "temperature", "ladder") if any(r.group.startswith(g) for r in runs)]
+    panels = [g for g in GROUPS if any(r.group.startswith(g) for r in runs)]
     rows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
