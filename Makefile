@@ -1,4 +1,4 @@
-# Quick start: `make train` (MoCo on Fashion-MNIST, ~8 min on 2 CPU cores, prints the kNN accuracy) and `make test`.
+# Quick start: `make train` (MoCo on Fashion-MNIST, ~7 min on 2 CPU cores, prints the kNN accuracy) and `make test`.
 PY ?= python3
 export PYTHONUNBUFFERED=1
 

@@ -7,6 +7,7 @@ def test_default_is_the_tuned_fashion_mnist_recipe():
     cfg = config_from_args([])
     assert cfg.preset == "fmnist" and (cfg.head, cfg.T, cfg.aug, cfg.crop_min_scale) == ("linear", 0.07, "v2", 0.9)
     assert cfg.data == "/usr/share/datasets/fashion-mnist"
+    assert cfg.image_size == 36  # the 28 px images upsampled (the preset's choice)
 
 
 def test_presets_fill_unset_fields_only():
@@ -15,6 +16,9 @@ def test_presets_fill_unset_fields_only():
     v2 = config_from_args(["--preset", "v2", "--T", "0.5"])
     assert (v2.head, v2.T, v2.m, v2.aug, v2.schedule) == ("mlp", 0.5, 0.999, "v2", "cosine")
     assert (v2.crop_min_scale, v2.erase_p) == (0.2, 0.0)
+    assert v1.image_size == v2.image_size == 0  # the papers' presets train at the images' own size
+    assert config_from_args(["--image-size", "48"]).image_size == 48
+    assert config_from_args(["--image-size", "0"]).image_size == 0  # 0 is a choice, not "unset"
 
 
 def test_yaml_then_flags_precedence_and_round_trip(tmp_path):

@@ -113,7 +113,7 @@ def import_official(path: str, out: str) -> dict:
     if queue is not None:
         known["K"] = queue.shape[1]  # (dim, K)
     cfg = TrainConfig(data="", preset=preset, arch=shape["arch"], width=shape["width"], stem=shape["stem"],
-                      image_size=224, out=out, **{**PRESETS[preset], **known})
+                      out=out, **{**PRESETS[preset], **known, "image_size": 224})
     meta = dict(in_channels=shape["in_channels"], image_size=224, raw_shape=None, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD)
     payload = imported_payload(model, cfg, meta, dict(source=os.path.abspath(path), format=fmt, head=summary["head"]))

@@ -118,15 +118,17 @@ def test_values_checked_before_anything_is_allocated(tmp_path, args, message):
 def test_exported_extractor_checks_values_and_resizes(tmp_path):
     from fastmoco.train.export import export_run, load_extractor
 
-    train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
+    cfg = _cfg(tmp_path, epochs=1)
+    train(cfg, log=lambda *_: None)
     program = torch.export.load(export_run(str(tmp_path))["features"]).module()
+    size = cfg.image_size or 28  # the training size, which the extractor resamples every input to
     images = torch.rand(3, 1, 28, 28)
     with pytest.raises(RuntimeError, match=r"expects float images in \[0, 1\]; got values outside .uint8 images"):
         program((images * 255).to(torch.uint8))
     with pytest.raises(RuntimeError, match=r"expects float images in \[0, 1\]"):
         program(images * 255)  # floats that were never scaled: the same mistake
     bigger = torch.nn.functional.interpolate(images, size=(56, 56), mode="bilinear", align_corners=False)
-    expect = program(torch.nn.functional.interpolate(bigger, size=(28, 28), mode="bilinear", align_corners=False))
+    expect = program(torch.nn.functional.interpolate(bigger, size=(size, size), mode="bilinear", align_corners=False))
     torch.testing.assert_close(program(bigger), expect, atol=1e-5, rtol=1e-5)  # any size in: resized inside
     with pytest.raises(Exception):
         program(torch.rand(3, 3, 28, 28))  # a 3-channel image into a 1-channel network (torch's guard message)
