@@ -88,10 +88,12 @@ def test_export_round_trip(tmp_path):
     net.load_state_dict(sd)
     net.eval()
     images = load_fmnist(FMNIST_DIR, train=False)[0][:5].float() / 255.0  # as the dataset stores them
+    size = cfg.image_size or images.shape[-1]  # the training size: the program resamples every input to it
     for n in (1, 5):  # dynamic batch size
         feats = program(images[:n])
         with torch.no_grad():
-            expect = net((images[:n] - FMNIST_MEAN[0]) / FMNIST_STD[0])
+            x = torch.nn.functional.interpolate(images[:n], size=(size, size), mode="bilinear", align_corners=False)
+            expect = net((x - FMNIST_MEAN[0]) / FMNIST_STD[0])
         assert feats.shape == (n, 64)
         torch.testing.assert_close(feats, expect, atol=1e-5, rtol=1e-5)
 
