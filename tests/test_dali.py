@@ -54,9 +54,8 @@ def _cfg(root, **kw):
 
 def _identity_views(data):
     """Switch the colour jitter off (strength 0), keeping crop, flip, greying and blur: levels pass unchanged."""
-    spec = data.dali.spec
-    data.dali.spec = dali.ViewSpec(spec.recipe, spec.size, 3, IMAGENET_MEAN, IMAGENET_STD, spec.min_scale, 0.0, 0.0,
-                                   0.0)
+    data.dali.specs = [dali.ViewSpec(s.recipe, s.size, 3, IMAGENET_MEAN, IMAGENET_STD, s.min_scale, 0.0, 0.0, 0.0,
+                                     s.max_scale) for s in data.dali.specs]
     return data
 
 
@@ -246,7 +245,7 @@ def test_views_are_the_drawn_crops_and_flips(tmp_path):
     files = [data.train_ds.samples[int(i)][0] for i in next(data.plan(0))[1]]
     hw = np.array([data.train_ds.image_sizes[f] for f in files])
     from fastmoco.data import _batch_seed
-    p = draw(np.random.default_rng(_batch_seed(0, 0, 0)), hw, data.dali.spec)  # view 1's draws come first
+    p = draw(np.random.default_rng(_batch_seed(0, 0, 0)), hw, data.dali.specs[0])  # view 1's draws come first
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for i, f in enumerate(files):
@@ -283,3 +282,17 @@ def test_drawn_parameters_follow_the_recipe(recipe, channels, erase_p):
     assert abs(p["erase"].mean() - erase_p) < 0.02
     k = p["blur_kx"][:, 0]  # (B, taps): normalised, symmetric, peaked at the centre
     assert np.allclose(k.sum(1), 1, atol=1e-5) and np.allclose(k, k[:, ::-1], atol=1e-7)
+
+
+def test_folder_small_views_follow_their_files_crop_major(tmp_path):
+    _level_folder(tmp_path, n=16)
+    data = _identity_views(build_data(_cfg(tmp_path, small_crops=2, small_crop_size=8), "cpu"))
+    by_level = {int(os.path.basename(p)[:2]): i for p, i in _index_of_path(data).items()}
+    for (v1, v2, small), planned in zip(data.epoch(0), _planned(data)):
+        assert small.shape == (8, 3, 8, 8) and small.is_contiguous(memory_format=torch.channels_last)
+        assert [by_level[x] for x in _levels_seen(small)] == planned * 2  # small view j of image i: row j*B + i
+        assert _levels_seen(v1) == _levels_seen(v2) == _levels_seen(small[:4])
+    torch_loader = build_data(_cfg(tmp_path, small_crops=2, small_crop_size=8, loader="torch"), "cpu")
+    (v1, v2, small), again = next(iter(torch_loader.epoch(0))), next(iter(torch_loader.epoch(0)))
+    assert v1.shape == v2.shape == (4, 3, 16, 16) and small.shape == (8, 3, 8, 8)
+    assert all(torch.equal(a, b) for a, b in zip((v1, v2, small), again))  # seeded by position, as the views

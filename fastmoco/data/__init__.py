@@ -1,4 +1,6 @@
 """Training data as the loop consumes it: two augmented views per image, plus labelled sets for the kNN monitor.
+With multi-crop (``cfg.small_crops``) each micro-batch also carries S low-resolution views of every image, as
+one (S*B, C, s, s) batch, crop-major, drawn after the two views (so those do not change).
 
 ``build_data(cfg, device)`` picks the source from ``cfg.data``: a folder holding Fashion-MNIST's IDX files (the
 embedded default) is loaded into memory; any other folder is an ImageFolder. ``cfg.loader`` picks who makes the
@@ -30,6 +32,14 @@ LOADERS = ("dali", "torch")
 MEMORY_DEFAULT_LOADER = "torch"
 
 __all__ = ["DataError", "build_data", "load_fmnist", "image_folder", "BatchAugment", "view_transform"]
+
+
+def _dali_epochs(cfg, device, size, small_size, channels, mean, std, strength, hue, erase_p) -> "dali.DaliEpochs":
+    """The DALI runner of a source: two views of the recipe, plus ``cfg.small_crops`` small ones."""
+    lo, hi = cfg.small_crop_range()
+    spec = dali.ViewSpec(cfg.aug, size, channels, mean, std, cfg.crop_min_scale, strength, hue, erase_p)
+    small = dali.ViewSpec(cfg.aug, small_size, channels, mean, std, lo, strength, hue, erase_p, max_scale=hi)
+    return dali.DaliEpochs(spec, cfg.batch_size, device, cfg.workers, small, cfg.small_crops)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -93,14 +103,17 @@ class TensorData(_Sharded):
         self.mean, self.std = FMNIST_MEAN, FMNIST_STD
         self.augment = BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale, cfg.jitter,
                                     cfg.erase_p).to(device)
+        self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
+        lo, hi = cfg.small_crop_range()
+        self.small_augment = BatchAugment(cfg.aug, self.small_size, self.mean, self.std, lo, cfg.jitter, cfg.erase_p,
+                                          max_scale=hi).to(device) if self.small_crops else None
         if loader == "dali":
-            spec = dali.ViewSpec(cfg.aug, self.image_size, self.in_channels, self.mean, self.std, cfg.crop_min_scale,
-                                 cfg.jitter, 0.0, cfg.erase_p)
-            self.dali = dali.DaliEpochs(spec, cfg.batch_size, self.device, cfg.workers)
+            self.dali = _dali_epochs(cfg, self.device, self.image_size, self.small_size, self.in_channels, self.mean,
+                                     self.std, cfg.jitter, 0.0, cfg.erase_p)
             self.host_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, 28, 28, 1) uint8, DALI's layout
 
     def epoch(self, epoch: int, skip: int = 0):
-        """This rank's micro-batches of two views, from sample ``skip`` of the epoch on."""
+        """This rank's micro-batches of two views (and the small views), from sample ``skip`` of the epoch on."""
         if self.loader == "dali":
             plan = list(self.plan(epoch, skip))
             yield from self.dali.memory(self.host_hwc, [idx.numpy() for _, idx in plan],
@@ -109,7 +122,10 @@ class TensorData(_Sharded):
         for start, idx in self.plan(epoch, skip, self.images.device):
             x = self.images[idx]  # (B, 1, 28, 28) uint8, on the images' device
             g = torch.Generator(self.device).manual_seed(_batch_seed(self.seed, epoch, start))
-            yield self.augment(x, g), self.augment(x, g)
+            views = (self.augment(x, g), self.augment(x, g))
+            if self.small_crops:
+                views += (torch.cat([self.small_augment(x, g) for _ in range(self.small_crops)]),)  # (S*B, C, s, s)
+            yield views
 
     def _eval_batches(self, images, batch: int = 1024):
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
@@ -139,12 +155,14 @@ class FolderData(_Sharded):
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.workers = cfg.workers
         self.train_ds, self.val_ds = train_ds, val_ds
+        self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
+        lo, hi = cfg.small_crop_range()
         view = view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale)
-        self.pairs = TwoViews(train_ds, view)
+        small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
+        self.pairs = TwoViews(train_ds, view, small, self.small_crops)
         if loader == "dali":
-            spec = dali.ViewSpec(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale, RGB_JITTER,
-                                 RGB_HUE[cfg.aug], 0.0)
-            self.dali = dali.DaliEpochs(spec, cfg.batch_size, self.device, cfg.workers)
+            self.dali = _dali_epochs(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,
+                                     RGB_JITTER, RGB_HUE[cfg.aug], 0.0)
             self.undecodable = set()  # files DALI failed to decode: replaced from then on
 
     def _readable_path(self, i: int) -> str:
@@ -187,9 +205,11 @@ class FolderData(_Sharded):
             self.pairs, batch_sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
         undecodable = 0
-        for v1, v2, skipped in loader:
+        for *views, skipped in loader:
             undecodable += int(skipped.sum())
-            yield v1.to(self.device, non_blocking=True), v2.to(self.device, non_blocking=True)
+            if self.small_crops:  # (B, S, C, s, s) -> (S*B, C, s, s), crop-major like the other loaders
+                views[2] = views[2].transpose(0, 1).flatten(0, 1)
+            yield tuple(v.to(self.device, non_blocking=True) for v in views)
         if undecodable:
             warnings.warn(f"{self.train_ds.root}: {undecodable} image(s) could not be decoded in epoch {epoch + 1} "
                           "and were replaced by the next readable image", stacklevel=2)

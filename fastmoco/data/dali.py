@@ -1,6 +1,7 @@
-"""NVIDIA DALI input pipelines: each image decoded once, then cropped and augmented twice into two views.
+"""NVIDIA DALI input pipelines: each image decoded once, then cropped and augmented into two views (plus
+multi-crop's small views when asked for).
 
-Two sources feed the same two-view graph (``_views``):
+Two sources feed the same view graph (``_graph``):
 - an ImageFolder through ``fn.readers.file`` (its ``file_list`` rewritten for each epoch) and ``fn.decoders.image``
   (``device="mixed"``, i.e. nvJPEG on the GPU, when training on CUDA; the CPU decoder otherwise);
 - in-memory uint8 images (Fashion-MNIST) through an external source.
@@ -86,8 +87,9 @@ def _view(images, spec: ViewSpec, v: int):
     return fn.crop_mirror_normalize(x, mean=spec.mean, std=spec.std, dtype=types.FLOAT, output_layout="HWC")
 
 
-def _graph(spec: ViewSpec, file_list: str | None, decode_device: str, gpu: bool, **kw) -> str:
-    """The serialised two-view graph over a file list (read when the pipeline is built) or fed images."""
+def _graph(specs: list, file_list: str | None, decode_device: str, gpu: bool, **kw) -> str:
+    """The serialised graph of one view per spec over a file list (read when the pipeline is built) or fed
+    images."""
     @pipeline_def(enable_conditionals=True, **kw)
     def pipe():
         if file_list is not None:
@@ -96,22 +98,30 @@ def _graph(spec: ViewSpec, file_list: str | None, decode_device: str, gpu: bool,
         else:
             images = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
             images = images.gpu() if gpu else images
-        return _view(images, spec, 0), _view(images, spec, 1)
+        return tuple(_view(images, spec, v) for v, spec in enumerate(specs))
     return pipe().serialize()
 
 
-def _to_torch(outputs, device):
-    """DALI's (B, H, W, C) float views as (B, C, H, W) tensors in channels-last memory."""
-    return tuple(outputs[0][k].permute(0, 3, 1, 2).to(device, non_blocking=True) for k in ("v1", "v2"))
+def _names(count: int) -> list[str]:
+    return [f"v{v}" for v in range(count)]
+
+
+def _to_torch(outputs, device, count: int):
+    """DALI's (B, H, W, C) float views as (B, C, H, W) tensors in channels-last memory: (view 1, view 2), plus
+    the small views as one (S*B, C, s, s) batch, crop-major (small view j of image i at row j*B + i)."""
+    views = [outputs[0][k].permute(0, 3, 1, 2).to(device, non_blocking=True) for k in _names(count)]
+    return tuple(views) if count == 2 else (views[0], views[1], torch.cat(views[2:]))
 
 
 class DaliEpochs:
     """Runs one data source's DALI pipeline, an epoch (or the rest of one) at a time."""
 
-    def __init__(self, spec: ViewSpec, batch_size: int, device: torch.device, threads: int):
+    def __init__(self, spec: ViewSpec, batch_size: int, device: torch.device, threads: int,
+                 small: ViewSpec | None = None, small_crops: int = 0):
         if not available():
             raise DataError(f"the DALI loader needs NVIDIA DALI ({INSTALL_HINT}): {_IMPORT_ERROR}")
-        self.spec, self.batch_size, self.device = spec, batch_size, torch.device(device)
+        self.specs = [spec, spec] + [small] * small_crops  # view 1, view 2, then the small views
+        self.batch_size, self.device = batch_size, torch.device(device)
         gpu = self.device.type == "cuda"
         self.kw = dict(batch_size=batch_size, num_threads=max(1, threads), prefetch_queue_depth=PREFETCH,
                        device_id=(self.device.index or 0) if gpu else None)
@@ -120,7 +130,7 @@ class DaliEpochs:
     def _pipeline(self, kind: str):
         if kind not in self._graphs:
             decode = "mixed" if self.device.type == "cuda" else "cpu"
-            self._graphs[kind] = _graph(self.spec, self._list if kind == "folder" else None, decode,
+            self._graphs[kind] = _graph(self.specs, self._list if kind == "folder" else None, decode,
                                         self.device.type == "cuda", **self.kw)
         pipe = Pipeline.deserialize(serialized_pipeline=self._graphs[kind], **self.kw)
         pipe.build()
@@ -129,7 +139,7 @@ class DaliEpochs:
     def _run(self, pipe, batches, iterator_kw, images=None):
         """Feeds each batch's parameters (and its ``images[idx]`` for fed images) a few batches ahead of DALI's
         prefetching and yields the views. ``batches``: per micro-batch (seed, image sizes (B, 2), idx or None)."""
-        fed, used = 0, _used(self.spec)
+        fed, used = 0, [_used(spec) for spec in self.specs]
 
         def feed_until(k):
             nonlocal fed
@@ -138,22 +148,22 @@ class DaliEpochs:
                 rng = np.random.default_rng(seed)
                 if images is not None:
                     pipe.feed_input("images", images[idx])  # (B, H, W, C) uint8
-                for v in range(2):
-                    for name, value in draw(rng, hw, self.spec).items():
-                        if name in used:
+                for v, spec in enumerate(self.specs):  # the small views draw after both views: those stay as
+                    for name, value in draw(rng, hw, spec).items():  # they are without multi-crop
+                        if name in used[v]:
                             pipe.feed_input(f"{name}{v}", value)
                 fed += 1
 
         feed_until(PREFETCH + 1)
         with warnings.catch_warnings():  # DALI advises a reader_name; fed images have none, their count is exact
             warnings.simplefilter("ignore")
-            iterator = DALIGenericIterator([pipe], ["v1", "v2"], **iterator_kw)
+            iterator = DALIGenericIterator([pipe], _names(len(self.specs)), **iterator_kw)
         for i, out in enumerate(iterator):
             feed_until(i + PREFETCH + 2)
-            yield _to_torch(out, self.device)
+            yield _to_torch(out, self.device, len(self.specs))
 
     def folder(self, files: list[str], sizes: np.ndarray, seeds: list[int]):
-        """Two views of each file of ``files`` (one micro-batch per seed), in that order; ``sizes``: (N, 2)
+        """The views of each file of ``files`` (one micro-batch per seed), in that order; ``sizes``: (N, 2)
         heights and widths of the files."""
         if self._tmp is None:  # the file list the folder graph reads when each epoch's pipeline is built
             self._tmp = tempfile.TemporaryDirectory(prefix="fastmoco-dali-")
@@ -169,7 +179,7 @@ class DaliEpochs:
         yield from self._run(pipe, batches, dict(reader_name="reader", last_batch_policy=LastBatchPolicy.DROP))
 
     def memory(self, images: np.ndarray, batches: list, seeds: list[int]):
-        """Two views of ``images[idx]`` for each index array of ``batches`` (uint8 (N, H, W, C) on the host)."""
+        """The views of ``images[idx]`` for each index array of ``batches`` (uint8 (N, H, W, C) on the host)."""
         if not batches:  # a run resumed at an epoch's last step: nothing left of it
             return
         hw = np.array(images.shape[1:3])[None].repeat(self.batch_size, 0)  # (B, 2): every image the same size

@@ -71,10 +71,11 @@ def image_folder(root: str, transform=None) -> ImageFolder:
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """Wraps an ImageFolder: item = (view 1, view 2), two independent draws of ``transform``."""
+    """Wraps an ImageFolder: item = (view 1, view 2), two independent draws of ``transform``, then (multi-crop)
+    ``small_crops`` draws of ``small`` stacked as (S, C, s, s)."""
 
-    def __init__(self, ds: ImageFolder, transform):
-        self.ds, self.transform = ds, transform
+    def __init__(self, ds: ImageFolder, transform, small=None, small_crops: int = 0):
+        self.ds, self.transform, self.small, self.small_crops = ds, transform, small, small_crops
 
     def __len__(self):
         return len(self.ds)
@@ -91,10 +92,13 @@ class TwoViews(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         """``item``: an index, or (index, seed) to draw both views from torch's RNG seeded with ``seed``.
-        Returns (view 1, view 2, number of undecodable files replaced)."""
+        Returns (view 1, view 2, [small views,] number of undecodable files replaced)."""
         i, seed = item if isinstance(item, tuple) else (item, None)
         img, skipped = self._load(i)
         with torch.random.fork_rng(devices=[], enabled=seed is not None):  # the caller's RNG stream stays as it was
             if seed is not None:
                 torch.manual_seed(seed)
-            return self.transform(img), self.transform(img), skipped
+            views = (self.transform(img), self.transform(img))
+            if self.small_crops:  # drawn after both views: those stay as they are without multi-crop
+                views += (torch.stack([self.small(img) for _ in range(self.small_crops)]),)  # (S, C, s, s)
+            return (*views, skipped)

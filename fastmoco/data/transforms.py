@@ -33,12 +33,14 @@ def blur_kernel_size(size: int) -> int:
     return min(max(3, int(0.1 * size) // 2 * 2 + 1), BLUR_MAX_TAPS)
 
 
-def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: float = 0.2) -> v2.Compose:
-    """One augmented view of a PIL image or uint8 tensor, as torchvision.transforms.v2."""
+def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: float = 0.2,
+                   max_scale: float = 1.0) -> v2.Compose:
+    """One augmented view of a PIL image or uint8 tensor, as torchvision.transforms.v2; the crop covers
+    [min_scale, max_scale] of the image's area (multi-crop's small views use a low max_scale)."""
     rgb = channels == 3
     jitter = (v2.ColorJitter(RGB_JITTER, RGB_JITTER, RGB_JITTER, RGB_HUE[recipe]) if rgb
               else v2.ColorJitter(RGB_JITTER, RGB_JITTER))
-    steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)]
+    steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale, max_scale), antialias=True)]
     if recipe == "v1":
         steps += [v2.RandomGrayscale(0.2)] if rgb else []
         steps += [jitter]
@@ -73,26 +75,32 @@ class BatchAugment(torch.nn.Module):
     """The v1/v2 recipe over a uint8 batch (B, C, H, W) -> float views (B, C, size, size), normalised."""
 
     def __init__(self, recipe: str, size: int, mean, std, min_scale: float = 0.2, jitter: float = 0.4,
-                 erase_p: float = 0.0):
+                 erase_p: float = 0.0, max_scale: float = 1.0):
         super().__init__()
-        self.recipe, self.size, self.min_scale = recipe, size, min_scale
+        self.recipe, self.size, self.min_scale, self.max_scale = recipe, size, min_scale, max_scale
         self.jitter, self.erase_p = jitter, erase_p
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-    def _crop_flip(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        B = x.shape[0]
-        u = torch.rand(B, 5, generator=g, device=x.device)  # (B, 5) uniform draws
-        area = self.min_scale + (1 - self.min_scale) * u[:, 0]
+    def crop_maps(self, B: int, g: torch.Generator | None, device=None) -> torch.Tensor:
+        """(B, 2, 3) output -> input affine maps of random resized crops (area in [min_scale, max_scale] of the
+        image, aspect 3/4-4/3) with random horizontal flips, in [-1, 1] coordinates."""
+        u = torch.rand(B, 5, generator=g, device=device)  # (B, 5) uniform draws
+        area = self.min_scale + (self.max_scale - self.min_scale) * u[:, 0]
         log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
         w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # crop width / image width
         h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
         cx = (2 * u[:, 2] - 1) * (1 - w)  # crop centre in [-1, 1] coordinates, crop inside the image
         cy = (2 * u[:, 3] - 1) * (1 - h)
         flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-        theta = torch.zeros(B, 2, 3, device=x.device)  # (B, 2, 3) output -> input affine maps
+        theta = torch.zeros(B, 2, 3, device=device)  # (B, 2, 3)
         theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
         theta[:, 1, 1], theta[:, 1, 2] = h, cy
+        return theta
+
+    def _crop_flip(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        B = x.shape[0]
+        theta = self.crop_maps(B, g, x.device)  # (B, 2, 3)
         grid = F.affine_grid(theta, [B, x.shape[1], self.size, self.size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 

@@ -19,20 +19,22 @@ ERASE_AREA, ERASE_ASPECT = (0.02, 0.2), (0.3, 3.3)
 class ViewSpec:
     """One view's recipe: what the two-view graph and the parameter draws need to know."""
 
-    def __init__(self, recipe, size, channels, mean, std, min_scale, strength, hue, erase_p):
+    def __init__(self, recipe, size, channels, mean, std, min_scale, strength, hue, erase_p, max_scale=1.0):
         self.recipe, self.size, self.channels = recipe, size, channels
         self.mean = [255.0 * m for m in mean]  # DALI normalises the uint8 range
         self.std = [255.0 * s for s in std]
-        self.min_scale, self.strength, self.hue, self.erase_p = min_scale, strength, hue, erase_p
+        self.min_scale, self.max_scale = min_scale, max_scale
+        self.strength, self.hue, self.erase_p = strength, hue, erase_p
 
 
-def crop_boxes(rng: np.random.Generator, hw: np.ndarray, min_scale: float, attempts: int = 10) -> np.ndarray:
+def crop_boxes(rng: np.random.Generator, hw: np.ndarray, min_scale: float, attempts: int = 10,
+               max_scale: float = 1.0) -> np.ndarray:
     """Random resized crops as torchvision draws them: up to ``attempts`` (area fraction, log aspect) pairs per
     image, the first whose box fits is kept, else the central crop at the nearest allowed aspect. ``hw``: (B, 2)
     image heights and widths; returns (B, 4) boxes (top, left, height, width) in pixels."""
     B = len(hw)
     H, W = hw[:, 0:1].astype(np.float64), hw[:, 1:2].astype(np.float64)  # (B, 1)
-    area = H * W * rng.uniform(min_scale, 1.0, (B, attempts))  # (B, attempts)
+    area = H * W * rng.uniform(min_scale, max_scale, (B, attempts))  # (B, attempts)
     ratio = np.exp(rng.uniform(math.log(ASPECT[0]), math.log(ASPECT[1]), (B, attempts)))
     w, h = np.round(np.sqrt(area * ratio)), np.round(np.sqrt(area / ratio))
     fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)
@@ -62,7 +64,7 @@ def gaussian_kernels(sigma: np.ndarray, taps: int) -> np.ndarray:
 def draw(rng: np.random.Generator, hw: np.ndarray, spec: ViewSpec) -> dict:
     """Every random choice of one view for a batch of images of sizes ``hw`` (B, 2), as DALI's arguments."""
     B, f32 = len(hw), np.float32
-    top, left, h, w = crop_boxes(rng, hw, spec.min_scale).T
+    top, left, h, w = crop_boxes(rng, hw, spec.min_scale, max_scale=spec.max_scale).T
     H, W = hw[:, 0], hw[:, 1]
     flip = rng.uniform(0, 1, B) < 0.5
     x0, x1 = left / W, (left + w) / W

@@ -76,19 +76,29 @@ class MoCo(nn.Module):
         dtype = self.queue.dtype
         return fn(q.to(dtype), k.to(dtype), self.queue, self.T)
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, encoder_q: nn.Module | None = None):
-        """Returns (loss, keys to enqueue). ``encoder_q`` replaces the query encoder in the call (its DDP
-        wrapper in a distributed run). Symmetric: both views serve as query and key (one query forward over both
-        views, so DDP sees one forward per backward), and both keys are queued."""
-        encoder_q = self.encoder_q if encoder_q is None else encoder_q
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, encoder_q: nn.Module | None = None,
+                small: torch.Tensor | None = None):
+        """Returns (loss, keys to enqueue). ``encoder_q`` replaces the query encoder in the call: a module that
+        takes the query batches of each resolution and returns their outputs (``QueryViews``, DDP-wrapped in a
+        distributed run: DDP wants one forward per backward). Symmetric: both views serve as query and key (one
+        query forward over both views) and both keys are queued. ``small`` (S*N, C, s, s), crop-major: multi-crop's
+        low-resolution views, queries only. The loss is the mean over every (query, key of another view) pair."""
+        groups = [torch.cat([im_q, im_k]) if self.symmetric else im_q] + ([small] if small is not None else [])
+        outs = [self.encoder_q(x) for x in groups] if encoder_q is None else encoder_q(*groups)
+        q = F.normalize(outs[0], dim=1)  # (N, dim), or (2N, dim) symmetric
         if not self.symmetric:
-            q = F.normalize(encoder_q(im_q), dim=1)  # (N, dim)
             k = self.keys(im_k)  # (N, dim)
-            return self.loss(q, k), k
-        q1, q2 = F.normalize(encoder_q(torch.cat([im_q, im_k])), dim=1).chunk(2)  # (N, dim) each
-        k2, k1 = self.keys(im_k), self.keys(im_q)
-        loss = 0.5 * (self.loss(q1, k2) + self.loss(q2, k1))
-        return loss, torch.cat([k2, k1])
+            pairs, keys = [(q, k)], k
+        else:
+            q1, q2 = q.chunk(2)  # (N, dim) each
+            k2, k1 = self.keys(im_k), self.keys(im_q)
+            pairs, keys = [(q1, k2), (q2, k1)], torch.cat([k2, k1])
+        if small is not None:
+            qs = F.normalize(outs[1], dim=1)  # (S*N, dim)
+            crops = qs.shape[0] // im_q.shape[0]
+            pairs += [(qs, k.repeat(crops, 1)) for _, k in pairs]  # each small view against every key
+        rows = sum(qi.shape[0] for qi, _ in pairs)
+        return sum(self.loss(qi, ki) * (qi.shape[0] / rows) for qi, ki in pairs), keys  # every query row weighs the same
 
     # -- after the optimizer step ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -108,6 +118,18 @@ class MoCo(nn.Module):
             ops.enqueue_(self.queue, self.ptr, keys)
         else:
             ops.enqueue_reference_(self.queue, self.ptr, keys)
+
+
+class QueryViews(nn.Module):
+    """The query encoder over query batches of several resolutions in one call (multi-crop), so that DDP sees one
+    forward per backward; it holds no parameters of its own."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, *groups: torch.Tensor) -> list[torch.Tensor]:
+        return [self.encoder(x) for x in groups]
 
 
 class LocalShuffle:

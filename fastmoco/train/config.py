@@ -57,6 +57,11 @@ class TrainConfig:
     crop_min_scale: Optional[float] = field(default=None, metadata=dict(help="RandomResizedCrop lower area bound (preset)"))
     jitter: Optional[float] = field(default=None, metadata=dict(help="colour-jitter strength (preset)"))
     erase_p: Optional[float] = field(default=None, metadata=dict(help="random-erasing probability, batched aug (preset)"))
+    small_crops: int = field(default=0, metadata=dict(
+        help="multi-crop: extra low-resolution query views per image, each contrasted with the key (0 = off)"))
+    small_crop_size: int = field(default=0, metadata=dict(help="side of the small crops (0 = half the training size)"))
+    small_crop_scale: str = field(default="0.05,0.14", metadata=dict(
+        help="area range of the small crops, as fractions of the image: 'min,max'"))
     workers: int = field(default=2, metadata=dict(help="loader threads: DataLoader workers or DALI CPU threads"))
     loader: Optional[str] = field(default=None, metadata=dict(
         help="dali | torch: who decodes and augments (default: dali for ImageFolders when installed, "
@@ -195,6 +200,13 @@ class TrainConfig:
         need(0 < self.crop_min_scale <= 1, f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         need(0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}")
         need(0 <= self.erase_p <= 1, f"erase_p must be in [0, 1], got {self.erase_p}")
+        need(self.small_crops >= 0, f"small_crops must be >= 0, got {self.small_crops}")
+        need(self.small_crop_size >= 0, f"small_crop_size must be >= 0, got {self.small_crop_size}")
+        try:
+            lo, hi = self.small_crop_range()
+        except ValueError:
+            raise ConfigError(f"small_crop_scale must be two fractions 'min,max', got {self.small_crop_scale!r}") from None
+        need(0 < lo <= hi <= 1, f"small_crop_scale must satisfy 0 < min <= max <= 1, got {self.small_crop_scale!r}")
         need(self.subset >= 0, f"subset must be >= 0, got {self.subset}")
         need(self.knn_every >= 0, f"knn_every must be >= 0, got {self.knn_every}")
         need(self.knn_k >= 1 and self.knn_t > 0, f"need knn_k >= 1 and knn_t > 0, got {self.knn_k}, {self.knn_t}")
@@ -213,6 +225,17 @@ class TrainConfig:
     def milestones(self) -> list[float]:
         """The step schedule's milestones (fractions of training) from ``lr_steps``."""
         return [float(s) for s in self.lr_steps.split(",") if s.strip()]
+
+    def small_crop_range(self) -> tuple[float, float]:
+        """(min, max) area fractions of the small crops, from ``small_crop_scale``; ValueError if malformed."""
+        lo, hi = (float(s) for s in self.small_crop_scale.split(","))
+        return lo, hi
+
+    def small_size(self, image_size: int) -> int:
+        """The small crops' side for a run training at ``image_size`` (0 without small crops)."""
+        if not self.small_crops:
+            return 0
+        return self.small_crop_size or max(1, round(image_size / 2))
 
     # -- files -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -79,7 +79,9 @@ class Trainer:
         if self.data.notice:
             self.log(self.data.notice)
         preflight.check_image_size(cfg, self.data.image_size)
-        preflight.check_memory(cfg, self.data.in_channels, self.data.image_size, self.pg.device)
+        if self.data.small_crops:
+            preflight.check_image_size(cfg, self.data.small_size, "small crop size")
+        preflight.check_memory(cfg, self.data.in_channels, self.data.image_size, self.pg.device, self.data.small_size)
         self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
         if cfg.init:
             init_backbone(self.model, cfg.init)
@@ -103,7 +105,9 @@ class Trainer:
             cfg.save(os.path.join(cfg.out, "config.yaml"))
             self.metrics = Metrics(cfg.out, self.pos.history)
         self.log(f"{self.pg.world} process(es) on {self.pg.device.type}, {self.data.loader} loader; global batch "
-                 f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}")
+                 f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}"
+                 + (f"; multi-crop: {cfg.small_crops} small views of {self.data.small_size} px per image"
+                    if cfg.small_crops else ""))
         self.data_meta = dict(in_channels=self.data.in_channels, image_size=self.data.image_size,
                               raw_shape=self.data.raw_shape, mean=self.data.mean, std=self.data.std)
         # reading the loss is a host sync: every step where that is free (CPU), every 20 steps on CUDA

@@ -11,17 +11,19 @@ from .config import ConfigError
 GiB = 2**30
 
 
-def check_image_size(cfg, image_size: int) -> None:
+def check_image_size(cfg, image_size: int, what: str = "image size") -> None:
     """The last stage must see at least one pixel of the image: the side must reach the network's total stride."""
     stride = STEM_STRIDE[cfg.stem] * 8  # the stem, then layer2..layer4 halve the side three times
     if image_size < stride:
-        raise ConfigError(f"image size {image_size} is smaller than the network's total stride {stride} (stem "
-                          f"{cfg.stem!r}); use --image-size >= {stride} or a smaller stem (--stem small)")
+        flag = "--small-crop-size" if what != "image size" else "--image-size"
+        raise ConfigError(f"{what} {image_size} is smaller than the network's total stride {stride} (stem "
+                          f"{cfg.stem!r}); use {flag} >= {stride} or a smaller stem (--stem small)")
 
 
-def estimate_bytes(cfg, in_channels: int, image_size: int) -> dict:
+def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) -> dict:
     """A lower bound of the training memory: the queue, the parameters (query, key, gradient, SGD momentum) and
-    the query forward's activations kept for the backward (each module's output, traced on the meta device)."""
+    the query forward's activations kept for the backward (each module's output, traced on the meta device),
+    multi-crop's small views included."""
     with torch.device("meta"):
         net = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels)
     outputs = []
@@ -30,6 +32,8 @@ def estimate_bytes(cfg, in_channels: int, image_size: int) -> dict:
     views = 2 if cfg.symmetric else 1
     with torch.no_grad():
         net(torch.empty(cfg.batch_size * views, in_channels, image_size, image_size, device="meta"))
+        if cfg.small_crops:
+            net(torch.empty(cfg.batch_size * cfg.small_crops, in_channels, small_size, small_size, device="meta"))
     for h in hooks:
         h.remove()
     act_bytes = 2 if cfg.amp else 4
@@ -47,8 +51,8 @@ def available_bytes(device: torch.device) -> int:
     return 1 << 62  # unknown: do not refuse
 
 
-def check_memory(cfg, in_channels: int, image_size: int, device: torch.device) -> None:
-    parts = estimate_bytes(cfg, in_channels, image_size)
+def check_memory(cfg, in_channels: int, image_size: int, device: torch.device, small_size: int = 0) -> None:
+    parts = estimate_bytes(cfg, in_channels, image_size, small_size)
     need, free = sum(parts.values()), available_bytes(device)
     if need > free:
         detail = ", ".join(f"{name} {size / GiB:.1f}" for name, size in parts.items())

@@ -1,6 +1,7 @@
 """One optimizer step of MoCo, as the data flows:
 
-    for each of accum_steps micro-batches:   loss, keys = MoCo(view_1, view_2)   (query fwd, key fwd, InfoNCE)
+    for each of accum_steps micro-batches:   loss, keys = MoCo(view_1, view_2[, small views])
+                                                                             (query fwd, key fwd, InfoNCE)
                                              (loss / accum_steps).backward()     (DDP all-reduces on the last)
     optimizer step -> key encoder EMA (ops.ema_) -> enqueue of every micro-batch's keys (ops.enqueue_)
 
@@ -16,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastmoco import ops
-from fastmoco.models.moco import gather_keys
+from fastmoco.models.moco import QueryViews, gather_keys
 from fastmoco.ops.ema import ema_pairs
 
 from .distributed import CrossRankShuffle, ProcessGroup
@@ -52,7 +53,9 @@ class MocoStep:
             with warnings.catch_warnings():  # the argument's newer name does not exist in older torch
                 warnings.simplefilter("ignore", FutureWarning)
                 # BN statistics are averaged over the ranks after each step instead (average_buffers)
-                self.query_encoder = self.ddp = DDP(model.encoder_q, device_ids=ids, broadcast_buffers=False)
+                # one DDP forward takes the query batches of every resolution (multi-crop's small views too)
+                self.query_encoder = self.ddp = DDP(QueryViews(model.encoder_q), device_ids=ids,
+                                                    broadcast_buffers=False)
         self.bn_buffers = [] if cfg.sync_bn else [b for b in model.buffers() if b.is_floating_point()
                                                   and b is not model.queue]
         self.forward = model
@@ -73,16 +76,17 @@ class MocoStep:
         return v.contiguous(memory_format=torch.channels_last) if self.channels_last else v
 
     def __call__(self, micro_batches, momentum: float) -> torch.Tensor:
-        """``micro_batches``: ``accum_steps`` pairs of views. Returns the step's mean loss (a device tensor, no
-        host sync)."""
+        """``micro_batches``: ``accum_steps`` tuples (view 1, view 2[, small views]). Returns the step's mean loss
+        (a device tensor, no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
         losses, keys = [], []
-        for i, (v1, v2) in enumerate(micro_batches):
+        for i, (v1, v2, *small) in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces the gradients on the last micro-batch's backward only
             with self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext():
                 with torch.autocast(self.pg.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss, k = self.forward(self._views(v1), self._views(v2), self.query_encoder)
+                    loss, k = self.forward(self._views(v1), self._views(v2), self.query_encoder,
+                                           *(self._views(s) for s in small))
                 self.scaler.scale(loss / len(micro_batches)).backward()
             losses.append(loss.detach())
             keys.append(k)

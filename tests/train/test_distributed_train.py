@@ -56,8 +56,10 @@ def _train_worker(rank, world, port, results, cfg_kw):
         trainer.close()
 
 
-def test_two_ranks_stay_identical_and_queue_all_keys_in_rank_order(tmp_path):
-    res = _spawn(_train_worker, dict(TINY, out=str(tmp_path), max_steps=3))
+@pytest.mark.parametrize("extra", [{}, dict(small_crops=2, small_crop_size=16)], ids=["two-views", "multi-crop"])
+def test_two_ranks_stay_identical_and_queue_all_keys_in_rank_order(tmp_path, extra):
+    # multi-crop: DDP sees the query batches of both resolutions in one forward (QueryViews)
+    res = _spawn(_train_worker, dict(TINY, out=str(tmp_path), max_steps=3, **extra))
     a, b = res[0], res[1]
     assert a["steps"] == b["steps"] == 3
     for name, value in a["state"].items():  # key and query encoders, queue, ptr: bit-identical on both ranks

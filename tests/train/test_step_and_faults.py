@@ -38,16 +38,20 @@ def test_step_pieces_trace_without_graph_breaks():
     x1, x2 = torch.randn(16, 1, 28, 28), torch.randn(16, 1, 28, 28)
     explained = torch._dynamo.explain(model)(x1, x2)  # query fwd, shuffle, key fwd, fused InfoNCE
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    small = torch.randn(32, 1, 16, 16)  # multi-crop: two small views per image, one more query forward
+    explained = torch._dynamo.explain(model)(x1, x2, None, small)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     dst, src = ema_pairs(model.encoder_k, model.encoder_q)
     explained = torch._dynamo.explain(ema_and_enqueue)(dst, src, 0.99, model.queue, model.ptr, torch.randn(16, 128))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-def test_compiled_step_matches_eager(tmp_path, monkeypatch):
-    eager = train(_cfg(tmp_path / "eager", max_steps=3), log=lambda *_: None)
+@pytest.mark.parametrize("extra", [{}, dict(small_crops=2, small_crop_size=16)], ids=["two-views", "multi-crop"])
+def test_compiled_step_matches_eager(tmp_path, monkeypatch, extra):
+    eager = train(_cfg(tmp_path / "eager", max_steps=3, **extra), log=lambda *_: None)
     # inductor's first compile takes minutes on 2 cores; aot_eager traces the same fullgraph forward + backward
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    compiled = train(_cfg(tmp_path / "compiled", max_steps=3, compile=True), log=lambda *_: None)
+    compiled = train(_cfg(tmp_path / "compiled", max_steps=3, compile=True, **extra), log=lambda *_: None)
     assert eager["steps"] == compiled["steps"] == 3
     a, b = _ckpt(tmp_path / "eager")["model"], _ckpt(tmp_path / "compiled")["model"]
     for name in a:
