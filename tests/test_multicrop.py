@@ -1,5 +1,7 @@
 """Multi-crop: the small views' configuration, crops, order in every loader, the loss over all (query, key) pairs,
 and the preflight check of their size."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,19 @@ def test_without_small_views_the_loss_is_unchanged():
     with torch.no_grad():
         expected = _nce(F.normalize(model.encoder_q(x1), dim=1), k, model.queue, model.T).mean()
     torch.testing.assert_close(loss, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_small_views_leave_the_bn_running_statistics_of_the_full_views():
+    cfg = TrainConfig(width=4, K=32, batch_size=B, bn_splits=2, dim=16).resolved()  # Split-BN in the encoders
+    torch.manual_seed(0)
+    model = MoCo.from_config(cfg, in_channels=1)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.randn(B, 1, 16, 16, generator=g) for _ in range(2))
+    small = 3 + torch.randn(2 * B, 1, 12, 12, generator=g)  # other statistics than the full views'
+    plain, multi = copy.deepcopy(model), copy.deepcopy(model)
+    plain(x1, x2)
+    multi(x1, x2, small=small)
+    before, want = dict(model.encoder_q.named_buffers()), dict(plain.encoder_q.named_buffers())
+    for name, b in multi.encoder_q.named_buffers():
+        assert torch.equal(b, want[name]), name
+        assert not name.endswith("running_mean") or not torch.equal(b, before[name])  # the full views updated them

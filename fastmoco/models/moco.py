@@ -84,7 +84,7 @@ class MoCo(nn.Module):
         query forward over both views) and both keys are queued. ``small`` (S*N, C, s, s), crop-major: multi-crop's
         low-resolution views, queries only. The loss is the mean over every (query, key of another view) pair."""
         groups = [torch.cat([im_q, im_k]) if self.symmetric else im_q] + ([small] if small is not None else [])
-        outs = [self.encoder_q(x) for x in groups] if encoder_q is None else encoder_q(*groups)
+        outs = encode_queries(self.encoder_q, groups) if encoder_q is None else encoder_q(*groups)
         q = F.normalize(outs[0], dim=1)  # (N, dim), or (2N, dim) symmetric
         if not self.symmetric:
             k = self.keys(im_k)  # (N, dim)
@@ -129,7 +129,20 @@ class QueryViews(nn.Module):
         self.encoder = encoder
 
     def forward(self, *groups: torch.Tensor) -> list[torch.Tensor]:
-        return [self.encoder(x) for x in groups]
+        return encode_queries(self.encoder, groups)
+
+
+def encode_queries(encoder: nn.Module, groups) -> list[torch.Tensor]:
+    """``encoder`` over each batch of ``groups``; the BN running statistics keep what the first (the full-size
+    views) left. Multi-crop's small views would otherwise pull the statistics that evaluation and export use
+    towards another resolution: re-estimating them on full views after runs that let them gave +0.12 to +0.20
+    kNN points (benchmarks/RESULTS.md 2.6)."""
+    out = [encoder(groups[0])]
+    if len(groups) > 1:  # the other batches update copies of the buffers, dropped afterwards (restoring the
+        # buffers in place instead would break the backward, which saved them)
+        scratch = {name: b.clone() for name, b in encoder.named_buffers()}
+        out += [torch.func.functional_call(encoder, scratch, (x,)) for x in groups[1:]]
+    return out
 
 
 class LocalShuffle:
