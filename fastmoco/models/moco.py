@@ -135,8 +135,8 @@ class QueryViews(nn.Module):
 def encode_queries(encoder: nn.Module, groups) -> list[torch.Tensor]:
     """``encoder`` over each batch of ``groups``; the BN running statistics keep what the first (the full-size
     views) left. Multi-crop's small views would otherwise pull the statistics that evaluation and export use
-    towards another resolution: re-estimating them on full views after runs that let them gave +0.12 to +0.20
-    kNN points (benchmarks/RESULTS.md 2.6)."""
+    towards another resolution (measured: re-estimating them on full views after runs that let them gave +0.12 to
+    +0.20 kNN points; keeping them from the full views, +0.06 on the one run compared; benchmarks/RESULTS.md 2.6)."""
     out = [encoder(groups[0])]
     if len(groups) > 1:  # the other batches update copies of the buffers, dropped afterwards (restoring the
         # buffers in place instead would break the backward, which saved them)
