@@ -97,8 +97,8 @@ class MoCo(nn.Module):
             qs = F.normalize(outs[1], dim=1)  # (S*N, dim)
             crops = qs.shape[0] // im_q.shape[0]
             pairs += [(qs, k.repeat(crops, 1)) for _, k in pairs]  # each small view against every key
-        rows = sum(qi.shape[0] for qi, _ in pairs)
-        return sum(self.loss(qi, ki) * (qi.shape[0] / rows) for qi, ki in pairs), keys  # every query row weighs the same
+        rows = sum(qi.shape[0] for qi, _ in pairs)  # every query row weighs the same
+        return sum(self.loss(qi, ki) * (qi.shape[0] / rows) for qi, ki in pairs), keys
 
     # -- after the optimizer step ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -205,7 +205,8 @@ class TrainConfig:
         try:
             lo, hi = self.small_crop_range()
         except ValueError:
-            raise ConfigError(f"small_crop_scale must be two fractions 'min,max', got {self.small_crop_scale!r}") from None
+            raise ConfigError(f"small_crop_scale must be two fractions 'min,max', "
+                              f"got {self.small_crop_scale!r}") from None
         need(0 < lo <= hi <= 1, f"small_crop_scale must satisfy 0 < min <= max <= 1, got {self.small_crop_scale!r}")
         need(self.subset >= 0, f"subset must be >= 0, got {self.subset}")
         need(self.knn_every >= 0, f"knn_every must be >= 0, got {self.knn_every}")
