@@ -45,7 +45,7 @@ def test_small_crops_below_the_networks_stride_are_refused():
     cfg = TrainConfig(small_crops=2, small_crop_size=8).resolved()  # stem small-s2: total stride 16
     with pytest.raises(ConfigError, match="small crop size 8 is smaller than the network's total stride 16.*"
                                           "--small-crop-size >= 16"):
-        check_image_size(cfg, 8, "small crop size")
+        check_image_size(cfg, 8, "--small-crop-size")
 
 
 # -- the crops ------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class Trainer:
             self.log(self.data.notice)
         preflight.check_image_size(cfg, self.data.image_size)
         if self.data.small_crops:
-            preflight.check_image_size(cfg, self.data.small_size, "small crop size")
+            preflight.check_image_size(cfg, self.data.small_size, "--small-crop-size")
         preflight.check_memory(cfg, self.data.in_channels, self.data.image_size, self.pg.device, self.data.small_size)
         self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
         if cfg.init:

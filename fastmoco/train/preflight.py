@@ -11,11 +11,11 @@ from .config import ConfigError
 GiB = 2**30
 
 
-def check_image_size(cfg, image_size: int, what: str = "image size") -> None:
+def check_image_size(cfg, image_size: int, flag: str = "--image-size") -> None:
     """The last stage must see at least one pixel of the image: the side must reach the network's total stride."""
     stride = STEM_STRIDE[cfg.stem] * 8  # the stem, then layer2..layer4 halve the side three times
     if image_size < stride:
-        flag = "--small-crop-size" if what != "image size" else "--image-size"
+        what = flag[2:].replace("-", " ")  # "image size", "small crop size"
         raise ConfigError(f"{what} {image_size} is smaller than the network's total stride {stride} (stem "
                           f"{cfg.stem!r}); use {flag} >= {stride} or a smaller stem (--stem small)")
 
