@@ -13,7 +13,7 @@ import os
 import torch
 
 from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fastmoco.models import ARCHS, build_backbone
+from fastmoco.models import ARCHS, build_backbone, load_exactly, projection_head
 from fastmoco.train import checkpoint as ckpt_io
 from fastmoco.train.config import PRESETS, TrainConfig
 from fastmoco.train.export import PREFIX, read_weights
@@ -79,12 +79,13 @@ def head_kind(head: dict) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _load_strict(module: torch.nn.Module, sd: dict, what: str) -> None:
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    if missing:
-        raise ConvertError(f"{what}: missing key {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
-    if unexpected:
-        raise ConvertError(f"{what}: unexpected key {unexpected[0]}")
+def check_queue(queue, dim: int | None, path: str) -> None:
+    """The official queue is (dim, K): its rows must be the head's output width."""
+    if queue is None or dim is None:
+        return
+    if queue.dim() != 2 or queue.shape[0] != dim:
+        raise ConvertError(f"{path}: module.queue is {tuple(queue.shape)}, but the head's output is {dim} wide "
+                           f"(the queue should be ({dim}, K))")
 
 
 def import_official(path: str, out: str) -> dict:
@@ -94,8 +95,14 @@ def import_official(path: str, out: str) -> dict:
     fmt, backbone_sd, head_sd = split_official(sd, path)
     shape = infer_backbone(backbone_sd)
     backbone = build_backbone(shape["arch"], shape["width"], shape["stem"], shape["in_channels"])
-    _load_strict(backbone, backbone_sd, path)
+    load_exactly(backbone, backbone_sd, f"{path}: the backbone", ConvertError,
+                 f"a {shape['arch']} of width {shape['width']}")
     head, dim = head_kind(head_sd)
+    if head:
+        load_exactly(projection_head(head, backbone.feat_dim, dim), head_sd, f"{path}: the {head} head", ConvertError,
+                     f"a {head} head on {backbone.feat_dim} features")
+    queue = sd.get("module.queue", sd.get("queue"))
+    check_queue(queue, dim, path)
     summary = dict(format=fmt, head=head or "not imported", **shape)
     if out.endswith((".pt", ".pth")):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -107,7 +114,6 @@ def import_official(path: str, out: str) -> dict:
     model = {PREFIX + k: v for k, v in backbone.state_dict().items()}
     if head:
         model.update({"encoder_q.head." + k: v for k, v in head_sd.items()})
-    queue = sd.get("module.queue", sd.get("queue"))
     preset = "v1" if head == "linear" else "v2"
     known = dict(head=head or PRESETS[preset]["head"], dim=dim or 128)
     if queue is not None:

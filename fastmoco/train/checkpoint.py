@@ -1,11 +1,19 @@
-"""Atomic, verified checkpoints. A save writes a temporary file in the same folder, fsyncs it, moves the current
-checkpoint to ``prev.pt`` and renames the new one into place, so a crash mid-write leaves a whole checkpoint.
-Before use, every member of the archive is checked against the CRC-32 the zip format stores (``torch.load``
-alone accepts flipped bytes in tensor data); a corrupt ``last.pt`` falls back to ``prev.pt`` with a warning."""
+"""Atomic, verified, safe checkpoints. A save writes a temporary file in the same folder, fsyncs it, moves the
+current checkpoint to ``prev.pt`` and renames the new one into place, so a crash mid-write leaves a whole
+checkpoint; a write that fails (a full disk, a file-size limit) removes its temporary file and says why in one
+line. Before use, every member of the archive is checked against the CRC-32 the zip format stores (``torch.load``
+alone accepts flipped bytes in tensor data); a corrupt ``last.pt`` falls back to ``prev.pt`` with a warning.
+
+Every weights file fastmoco reads (its own checkpoints, ``--init`` files, downloads to convert) is unpickled with
+``weights_only=True``: tensors, plain containers and numbers, plus the only other type fastmoco's checkpoints hold,
+numpy's RNG state (an ndarray). A file that would build any other Python object when loaded, which is how a
+pickle runs code, is refused before anything of it is created."""
+import errno
 import glob
 import os
 import pickle
 import random
+import re
 import warnings
 import zipfile
 
@@ -15,6 +23,11 @@ import torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit this run; the CLI prints it as one line."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A file whose unpickling would build arbitrary objects: refused, never a reason to fall back to prev.pt
+    (someone wrote it there)."""
 
 
 def rng_state() -> dict:
@@ -32,6 +45,42 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _allowed_globals() -> list:
+    """What fastmoco's checkpoints hold beyond tensors and plain containers: numpy's legacy RNG state, a tuple
+    with a uint32 ndarray (pickled as an ndarray, its dtype and the dtype's class)."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 moved numpy.core to numpy._core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+# what torch's restricted unpickler names when it meets anything else: "Unsupported global: GLOBAL os.system",
+# or "Can only build Tensor, ... but got <class 'x.Y'>"
+# (an "Unsupported operand" is no pickle at all: the caller's "not a checkpoint")
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
+
+
+def safe_load(path: str, error=None):
+    """``torch.load`` with ``weights_only=True`` (see the module's docstring). A refused file raises ``error``
+    (default UnsafeCheckpoint) naming the type it asked for; other failures are torch's own exceptions."""
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _UNSAFE.search(str(exc))
+        if not found:
+            raise
+        name = found.group(1) or found.group(2)
+        raise (error or UnsafeCheckpoint)(
+            f"refused to load {path}: unpickling it would call or build {name}, which no weights file needs (that "
+            "is how a pickle runs code); load only files from sources you trust") from None
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, or the one torch's writer turned into "unexpected pos"."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 LAST, PREVIOUS = "last.pt", "prev.pt"  # the run directory's checkpoint and the one before it
 
 
@@ -44,12 +93,23 @@ def _previous(path: str) -> str:
 
 
 def save_atomic(obj, path: str, keep_previous: bool = False) -> None:
-    """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the checkpoint it replaces becomes prev.pt."""
+    """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the checkpoint it replaces becomes prev.pt.
+    A failed write (no space left, file too large, no permission) leaves ``path`` as it was, removes its temporary
+    file and raises CheckpointError naming the cause and the path."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as exc:
+        cause = _os_error(exc)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if cause is None:
+            raise
+        what = cause.strerror or errno.errorcode.get(cause.errno, str(cause))
+        raise CheckpointError(f"cannot write {path}: {what}; the file there (if any) is unchanged") from None
     if keep_previous and os.path.isfile(path):
         os.replace(path, _previous(path))
     os.replace(tmp, path)
@@ -83,7 +143,9 @@ def _load_one(path: str) -> dict:
     if problem:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({problem})")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_load(path)
+    except UnsafeCheckpoint:
+        raise
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({first})") from None
@@ -103,7 +165,7 @@ def load(path: str, fallback: bool = False) -> dict:
         return _load_one(path)
     except CheckpointError as exc:
         prev = _previous(path)
-        if not (fallback and os.path.isfile(prev)):
+        if isinstance(exc, UnsafeCheckpoint) or not (fallback and os.path.isfile(prev)):
             raise
         warnings.warn(f"{exc}; resuming from the previous checkpoint {prev}", stacklevel=2)
         return _load_one(prev)

@@ -11,6 +11,8 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
+from fastmoco.models import load_exactly
+
 from . import checkpoint as ckpt_io
 from .config import ConfigError
 
@@ -45,8 +47,8 @@ def restore(state: dict, model, optimizer, scaler, path: str) -> Position:
     if "imported" in state:
         raise ckpt_io.CheckpointError(f"{path} holds imported weights without a training state; start a new run "
                                       f"from them with --init {path}")
+    load_exactly(model, state["model"], f"checkpoint {path}", ckpt_io.CheckpointError, "this model/config")
     try:
-        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ckpt_io.CheckpointError(
