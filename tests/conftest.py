@@ -28,3 +28,26 @@ def needs_fmnist():
 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def write_undecodable_png(path, size=(20, 20)):
+    """A PNG that passes every up-front check (header, chunk CRCs, IEND) but whose pixel data does not inflate:
+    it fails only when decoded, in PIL and in DALI alike."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, format="PNG")
+    data, out, at = buf.getvalue(), bytearray(buf.getvalue()[:8]), 8
+    while at < len(data):
+        (length,), kind = struct.unpack(">I", data[at:at + 4]), data[at + 4:at + 8]
+        body = data[at + 8:at + 8 + length]
+        if kind == b"IDAT":
+            body = bytes(b ^ 0x5A for b in body)  # not a zlib stream any more; its CRC recomputed below
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        at += 12 + length
+    with open(path, "wb") as fh:
+        fh.write(bytes(out))

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_undecodable_png
 from fastmoco.data import FolderData, TensorData, build_data, choose_loader, dali, image_folder
 from fastmoco.data.errors import DataError
 from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -157,8 +158,7 @@ def test_bad_files_are_skipped_or_replaced_with_counts_and_modes_become_rgb(tmp_
         Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(c / f"good{i}.png")
     noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(c / "full.jpg", quality=95)
-    data = (c / "full.jpg").read_bytes()
-    (c / "truncated.jpg").write_bytes(data[: len(data) // 2])  # passes the up-front check, fails to decode
+    write_undecodable_png(c / "undecodable.png")  # passes the up-front check, fails to decode
     (c / "zero.jpg").write_bytes(b"")
     (c / "text.png").write_text("not an image")
     (c / "notes.txt").write_text("ignored: not an image extension")
@@ -171,7 +171,7 @@ def test_bad_files_are_skipped_or_replaced_with_counts_and_modes_become_rgb(tmp_
     with pytest.warns(UserWarning, match=r"1 image\(s\) could not be decoded in epoch 1 and were replaced"):
         (v1, v2), = list(src.epoch(0))
     assert v1.shape == v2.shape == (9, 3, 16, 16) and torch.isfinite(v1).all()
-    assert str(c / "truncated.jpg") in src.undecodable
+    assert str(c / "undecodable.png") in src.undecodable
     with pytest.warns(UserWarning, match=r"1 image\(s\) could not be decoded in epoch 2"):
         assert len(list(src.epoch(1))) == 1  # replaced up front from now on, still counted
 

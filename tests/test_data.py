@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FMNIST_DIR, needs_fmnist
+from conftest import FMNIST_DIR, needs_fmnist, write_undecodable_png
 from fastmoco.data import BatchAugment, DataError, image_folder, load_fmnist, view_transform
 from fastmoco.data.fmnist import read_idx
 
@@ -114,8 +114,8 @@ def test_random_erasing_greys_one_rectangle_per_image():
 
 
 def _folder_with_problem_files(root):
-    """Five good images, a truncated JPEG (passes the up-front check, fails to decode), a 16-bit grey PNG, a
-    palette PNG with transparency, an RGBA PNG, and a symlink loop."""
+    """Five good images, a PNG whose pixel data does not inflate (passes the up-front check, fails to decode), a
+    16-bit grey PNG, a palette PNG with transparency, an RGBA PNG, and a symlink loop."""
     import numpy as np
     from PIL import Image
 
@@ -123,11 +123,7 @@ def _folder_with_problem_files(root):
     c.mkdir(parents=True)
     for i in range(5):
         Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(c / f"good{i}.png")
-    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # a JPEG of real length
-    Image.fromarray(noise).save(c / "full.jpg", quality=95)
-    data = (c / "full.jpg").read_bytes()
-    (c / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (c / "full.jpg").unlink()
+    write_undecodable_png(c / "undecodable.png")
     Image.fromarray(np.full((20, 20), 65535 // 2, dtype=np.uint16)).save(c / "grey16.png")
     pal = Image.new("P", (20, 20), 1)
     pal.putpalette([0, 0, 0, 255, 128, 0] + [0] * 762)
@@ -143,7 +139,7 @@ def test_image_folder_dedupes_symlink_loops_and_converts_modes(tmp_path):
 
     c = _folder_with_problem_files(tmp_path)
     ds = image_folder(str(tmp_path))
-    assert len(ds) == 9  # every real file once (the truncated JPEG passes the up-front check)
+    assert len(ds) == 9  # every real file once (the undecodable PNG passes the up-front check)
     grey = load_rgb(str(c / "grey16.png"))
     assert grey.mode == "RGB" and grey.getpixel((3, 3)) == (127, 127, 127)  # 32767 / 65535 * 255, not clipped
     assert load_rgb(str(c / "palette.png")).getpixel((0, 0)) == (255, 128, 0)

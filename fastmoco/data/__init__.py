@@ -22,6 +22,7 @@ from . import dali
 from .errors import DataError
 from .fmnist import is_fmnist_dir, load_fmnist
 from .folder import TwoViews, image_folder
+from .labelled import align_classes
 from .transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD, RGB_HUE, RGB_JITTER, BatchAugment, \
     eval_transform, view_transform
 
@@ -161,6 +162,7 @@ class FolderData(_Sharded):
         small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
         self.pairs = TwoViews(train_ds, view, small, self.small_crops)
         if loader == "dali":
+            dali.check_names(path for path, _ in train_ds.samples)
             self.dali = _dali_epochs(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,
                                      RGB_JITTER, RGB_HUE[cfg.aug], 0.0)
             self.undecodable = set()  # files DALI failed to decode: replaced from then on
@@ -247,7 +249,7 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
     in_memory = is_fmnist_dir(cfg.data)
     loader, notice = choose_loader(cfg.loader, in_memory)
     data = _build(cfg, device, rank, world, loader, in_memory)
-    data.notice = notice
+    data.notice = "; ".join(n for n in (notice, getattr(data, "val_note", None)) if n) or None
     return data
 
 
@@ -263,4 +265,6 @@ def _build(cfg, device, rank, world, loader, in_memory):
         train_ds.samples = train_ds.imgs = train_ds.samples[:cfg.subset]
         train_ds.targets = train_ds.targets[:cfg.subset]
     val_ds = image_folder(cfg.val) if cfg.val else None
-    return FolderData(cfg, device, train_ds, val_ds, rank, world, loader)
+    data = FolderData(cfg, device, train_ds, val_ds, rank, world, loader)
+    data.val_note = align_classes(train_ds, val_ds) if val_ds is not None else None  # labels by class name
+    return data

@@ -40,7 +40,7 @@ try:
 except ImportError as exc:  # the torch loader works without DALI
     _IMPORT_ERROR = exc
 
-__all__ = ["ViewSpec", "DaliEpochs", "available", "failed_file", "reason", "warn_replaced"]
+__all__ = ["ViewSpec", "DaliEpochs", "available", "check_names", "failed_file", "reason", "warn_replaced"]
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130"
 # what a failed decode names in DALI's error text: "Failed to decode sample #3 : /path/to/file.jpg"
@@ -94,7 +94,8 @@ def _graph(specs: list, file_list: str | None, decode_device: str, gpu: bool, **
     def pipe():
         if file_list is not None:
             encoded, _ = fn.readers.file(file_list=file_list, random_shuffle=False, name="reader")
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB)  # grey, RGBA -> RGB
+            # grey, RGBA -> RGB; upright by the EXIF orientation, like the torch loader (folder.load_rgb)
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, adjust_orientation=True)
         else:
             images = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
             images = images.gpu() if gpu else images
@@ -169,9 +170,7 @@ class DaliEpochs:
             self._tmp = tempfile.TemporaryDirectory(prefix="fastmoco-dali-")
             self._list = os.path.join(self._tmp.name, "files.txt")
         with open(self._list, "w") as fh:
-            for path in files:  # DALI's file_list: "path label" per line (the label is unused)
-                if "\n" in path:
-                    raise DataError(f"DALI cannot read a file whose name holds a line break: {path!r}")
+            for path in files:  # DALI's file_list: "path label" per line (the label is unused); see check_names
                 fh.write(f"{path} 0\n")
         pipe = self._pipeline("folder")
         B = self.batch_size
@@ -186,6 +185,15 @@ class DaliEpochs:
         pipe = self._pipeline("memory")
         kw = dict(size=len(batches) * self.batch_size, last_batch_policy=LastBatchPolicy.DROP)
         yield from self._run(pipe, [(seed, hw, idx) for idx, seed in zip(batches, seeds)], kw, images)
+
+
+def check_names(paths) -> None:
+    """DALI's file list holds one "path label" per line, so a file name with a line break cannot be listed:
+    refused when the data is opened, not when an epoch reaches the file."""
+    for path in paths:
+        if "\n" in path or "\r" in path:
+            raise DataError(f"DALI cannot read a file whose name holds a line break: {path!r}; rename it or pass "
+                            "--loader torch")
 
 
 def failed_file(exc: Exception):

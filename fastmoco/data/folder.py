@@ -1,13 +1,18 @@
-"""Any ImageFolder (root/class_x/img.png): verified once, corrupt files skipped with one warning and a count;
-files that fail only when decoded (truncated JPEGs pass the up-front check) are replaced during the run by the next
-readable image and counted per epoch. Every image comes out RGB: 16-bit greys are scaled to 8 bits, palettes and
-alpha channels resolved."""
+"""Any ImageFolder (root/class_x/img.png): verified once, corrupt files skipped with one warning and a count.
+The up-front check reads each header and, for JPEGs, the file's tail: a JPEG without its end-of-image marker
+after its last scan is truncated, and is skipped with the unreadable files by both loaders (DALI would otherwise
+train on the partly decoded image). Files that fail only when decoded are replaced during the run by the next
+readable image and counted per epoch.
+
+Every image comes out RGB and upright: the EXIF orientation is applied (as DALI's decoder does by default and
+``torchvision.io.decode_image(apply_exif_orientation=True)`` does), 16-bit greys are scaled to 8 bits, palettes and
+alpha channels resolved. Paths are made absolute, so a relative ``--data`` reads the same files from anywhere."""
 import os
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.datasets import ImageFolder
 
 from .errors import DataError
@@ -19,7 +24,8 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 def load_rgb(path: str) -> Image.Image:
     """An image file as 8-bit RGB. PIL's own convert("RGB") clips 16-bit and 32-bit integer greys at 255 (a
     white image); here they are scaled down by their bit depth instead."""
-    with Image.open(path) as im:
+    with Image.open(path) as raw:
+        im = ImageOps.exif_transpose(raw)  # upright (a copy when the EXIF orientation asks for a turn)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16).astype(np.float64)
             top = 65535.0 if im.mode != "I" or arr.max() <= 65535 else float(arr.max())
@@ -29,13 +35,45 @@ def load_rgb(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def _size(path: str):
-    """(height, width) of a readable image file (read from its header, then verified), or None."""
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+EXIF_IN_HEADER = ("JPEG", "MPO", "TIFF", "WEBP")
+JPEG_TAIL = 4096  # bytes read from a JPEG's end to find its end-of-image marker
+
+
+def jpeg_is_complete(path: str) -> bool:
+    """Whether a JPEG file's last scan ends with the end-of-image marker (FF D9). Inside entropy-coded data every
+    FF byte is followed by 00, so a file cut anywhere in its scans has no FF D9 after its last FF DA (start of
+    scan); an EXIF thumbnail's own FF D9 sits before the main image's scans. A file with data appended after its
+    image (a phone's "motion photo") can fail this test though complete: the caller decodes those in full."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - JPEG_TAIL))
+        tail = fh.read()
+    return tail.rfind(b"\xff\xd9") > tail.rfind(b"\xff\xda")
+
+
+def _decodes(path: str) -> bool:
     try:
         with Image.open(path) as im:
-            size = im.size
+            im.load()  # PIL raises "image file is truncated" where the data ends early
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _size(path: str):
+    """(height, width) of a readable image file as it is shown (EXIF orientation applied), or None for a file
+    that is unreadable, broken or truncated."""
+    try:
+        with Image.open(path) as im:
+            (w, h), fmt = im.size, im.format
+            # EXIF read where it sits in the header (a PNG's getexif() would decode the whole image to find it)
+            turned = (fmt in EXIF_IN_HEADER or "exif" in im.info) and im.getexif().get(EXIF_ORIENTATION, 1) in TURNED
             im.verify()
-        return size[1], size[0]
+        if fmt == "JPEG" and not jpeg_is_complete(path) and not _decodes(path):
+            return None
+        return (w, h) if turned else (h, w)
     except Exception:  # noqa: BLE001 - PIL raises many types for broken files
         return None
 
@@ -43,6 +81,7 @@ def _size(path: str):
 def image_folder(root: str, transform=None) -> ImageFolder:
     if not os.path.isdir(root):
         raise DataError(f"data path does not exist: {root}")
+    root = os.path.abspath(root)
     try:
         ds = ImageFolder(root, transform=transform, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
