@@ -13,6 +13,13 @@ import torch.distributed as dist
 
 from fastmoco.models.moco import gather_keys
 
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
+# What ``together`` hands from rank to rank: the errors the CLI prints as one line (ConfigError and DataError are
+# ValueErrors). Anything else is a bug and keeps its traceback.
+AGREED_ERRORS = (ValueError, CheckpointError, OSError)
+
 
 @dataclass(frozen=True)
 class ProcessGroup:
@@ -76,6 +83,43 @@ class ProcessGroup:
             return
         for p in params:
             dist.all_reduce(p.grad)
+
+    def together(self, fn, main_only: bool = False):
+        """``fn()`` on every rank (rank 0 alone with ``main_only``), then one exchange of the outcome: if it raised
+        one of ``AGREED_ERRORS`` anywhere, every rank raises the lowest failing rank's error, so all processes stop
+        with the same line instead of the others failing later inside a collective. Returns ``fn()``'s result
+        (rank 0's, broadcast, with ``main_only``). ``fn`` must not run collectives of its own."""
+        result = error = None
+        try:
+            if self.is_main or not main_only:
+                result = fn()
+        except AGREED_ERRORS as exc:
+            if not self.distributed:
+                raise
+            error = exc
+        if not self.distributed:
+            return result
+        outcomes = self.all_objects((error, result if main_only and self.is_main else None))
+        for rank, (exc, _) in enumerate(outcomes):
+            if exc is not None:
+                if rank and isinstance(exc, (ValueError, CheckpointError)) and not str(exc).startswith("rank "):
+                    exc = type(exc)(f"rank {rank}: {exc}")
+                raise exc
+        return outcomes[0][1] if main_only else result
+
+    def agree_on(self, values: dict, what: str) -> None:
+        """Every rank holds the same ``values``, or every rank raises one ConfigError naming the first that
+        differs (two launchers started with other settings would otherwise hang or fail deep inside a
+        collective)."""
+        if not self.distributed:
+            return
+        every = self.all_objects(values)
+        for name in every[0]:
+            for rank, theirs in enumerate(every):
+                if theirs.get(name) != every[0][name]:
+                    raise ConfigError(f"the processes disagree on {what}: {name} is {every[0][name]!r} on rank 0 but "
+                                      f"{theirs.get(name)!r} on rank {rank}; start every process with the same "
+                                      "settings")
 
     def broadcast_object(self, obj):
         """rank 0's ``obj`` on every rank."""

@@ -56,6 +56,11 @@ def _prepare_out(cfg: TrainConfig, resume_path) -> None:
                           "with --overwrite, or choose another --out")
 
 
+# Settings that may differ between processes: where and how each one runs, not what it trains. The data paths
+# may differ too (each node's own mount point); what they hold is compared instead (``_data_facts``).
+LOCAL_SETTINGS = ("device", "threads", "workers", "progress", "data", "val")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, log=print):
         self.t_start = time.time()
@@ -66,15 +71,48 @@ class Trainer:
         self.lock = self.metrics = None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # the first collective: every process must train the same thing (else hangs, or gloo errors deep inside)
+        self.pg.agree_on({k: v for k, v in cfg.to_dict().items() if k not in LOCAL_SETTINGS}, "settings")
         resume = cfg.resume or ("auto" if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 else None)
-        resume_path = self.pg.broadcast_object(ckpt_io.resolve_resume(resume, cfg.out))  # rank 0 decides
-        if self.pg.is_main:
-            _prepare_out(cfg, resume_path)
-            self.lock = RunLock(cfg.out)
-            for f in ckpt_io.remove_stale_temporaries(cfg.out):
-                log(f"removed {f}, left by a write that was killed")
+        resume_path = self.pg.together(lambda: self._claim_out(resume), main_only=True)  # rank 0 decides
         _seed_all(cfg.seed)
+        state = self.pg.together(lambda: self._build(resume_path))
+        self.pg.agree_on(self._data_facts(), "the training data")
+        self.base_lr = cfg.lr_for(self.pg.world)
+        self.milestones = cfg.milestones()
+        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=self.base_lr,
+                                         momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+        self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
+        self.pos = Position()
+        if resume_path:  # every rank loads the same file, before DDP's first step
+            self.pos = self.pg.together(lambda: restore(state, self.model, self.optimizer, self.step.scaler,
+                                                        resume_path))
+            del state
+            self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}")
+        self.pg.together(self._open_outputs, main_only=True)
+        self.log(f"{self.pg.world} process(es) on {self.pg.device.type}, {self.data.loader} loader; global batch "
+                 f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}"
+                 + (f"; multi-crop: {cfg.small_crops} small views of {self.data.small_size} px per image"
+                    if cfg.small_crops else ""))
+        self.data_meta = dict(in_channels=self.data.in_channels, image_size=self.data.image_size,
+                              raw_shape=self.data.raw_shape, mean=self.data.mean, std=self.data.std)
+        # reading the loss is a host sync: every step where that is free (CPU), every 20 steps on CUDA
+        self.check_every = 1 if self.pg.device.type == "cpu" else 20
 
+    # -- start-up ----------------------------------------------------------------------------------------------
+    def _claim_out(self, resume) -> str | None:
+        """Rank 0: the checkpoint to resume from (or None); the run directory checked and locked."""
+        resume_path = ckpt_io.resolve_resume(resume, self.cfg.out)
+        _prepare_out(self.cfg, resume_path)
+        self.lock = RunLock(self.cfg.out)
+        for f in ckpt_io.remove_stale_temporaries(self.cfg.out):
+            self.log(f"removed {f}, left by a write that was killed")
+        return resume_path
+
+    def _build(self, resume_path) -> dict | None:
+        """Every rank: the data, the pre-flight checks, the model (with --init weights) and the checkpoint to
+        resume from, read and checked against the settings; no collectives, so ``together`` can agree on it."""
+        cfg = self.cfg
         self.data = build_data(cfg, self.pg.device, self.pg.rank, self.pg.world)
         if self.data.notice:
             self.log(self.data.notice)
@@ -85,33 +123,27 @@ class Trainer:
         self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
         if cfg.init:
             init_backbone(self.model, cfg.init)
-            self.log(f"backbone weights from {cfg.init}")
+            self.log(f"backbone weights from {cfg.init} ({cfg.arch}, width {cfg.width}, {cfg.stem} stem)")
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.base_lr = cfg.lr_for(self.pg.world)
-        self.milestones = cfg.milestones()
-        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=self.base_lr,
-                                         momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-        self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
-        self.pos = Position()
-        if resume_path:  # every rank loads the same file, before DDP's first step
-            state = ckpt_io.load(resume_path, fallback=True)
-            changes = resume_changes(state.get("config", {}), cfg)
-            self.pos = restore(state, self.model, self.optimizer, self.step.scaler, resume_path)
-            if changes:
-                self.log("settings changed on resume: " + ", ".join(changes))
-            self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}")
-        if self.pg.is_main:
-            cfg.save(os.path.join(cfg.out, "config.yaml"))
-            self.metrics = Metrics(cfg.out, self.pos.history)
-        self.log(f"{self.pg.world} process(es) on {self.pg.device.type}, {self.data.loader} loader; global batch "
-                 f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}"
-                 + (f"; multi-crop: {cfg.small_crops} small views of {self.data.small_size} px per image"
-                    if cfg.small_crops else ""))
-        self.data_meta = dict(in_channels=self.data.in_channels, image_size=self.data.image_size,
-                              raw_shape=self.data.raw_shape, mean=self.data.mean, std=self.data.std)
-        # reading the loss is a host sync: every step where that is free (CPU), every 20 steps on CUDA
-        self.check_every = 1 if self.pg.device.type == "cpu" else 20
+        if not resume_path:
+            return None
+        state = ckpt_io.load(resume_path, fallback=True)
+        changes = resume_changes(state.get("config", {}), cfg)
+        if changes:
+            self.log("settings changed on resume: " + ", ".join(changes))
+        return state
+
+    def _data_facts(self) -> dict:
+        """What every rank's data must agree on (the paths may differ, their contents may not)."""
+        d = self.data
+        return dict(images=d.num_samples, in_channels=d.in_channels, image_size=d.image_size,
+                    loader=d.loader, small_size=d.small_size)
+
+    def _open_outputs(self) -> None:
+        """Rank 0: the resolved config and the metrics files."""
+        self.cfg.save(os.path.join(self.cfg.out, "config.yaml"))
+        self.metrics = Metrics(self.cfg.out, self.pos.history)
 
     # -- schedules ---------------------------------------------------------------------------------------------
     def _progress(self) -> tuple[float, float]:
@@ -127,14 +159,18 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _save(self, loss_sum: torch.Tensor | None = None) -> str:
+        """Every rank calls it; rank 0 writes, and a failed write (a full disk) stops every rank with its line."""
         path = checkpoint_path(self.cfg.out)
         if loss_sum is not None:
             self.pos.loss_sum = float(loss_sum)
-        if self.pg.is_main:
+
+        def write():
             pos = dataclasses.replace(self.pos, elapsed_s=self.pos.elapsed_s + time.time() - self.t_run)
             ckpt_io.save_atomic(build_payload(self.model, self.optimizer, self.step.scaler, pos, self.cfg,
                                               self.requested, self.data_meta, self.pg.world), path,
                                 keep_previous=True)
+
+        self.pg.together(write, main_only=True)
         return path
 
     # -- one epoch ---------------------------------------------------------------------------------------------
@@ -185,6 +221,7 @@ class Trainer:
                 self._save(loss_sum)
                 return "max_steps"
         bar.close()
+        next(batches, None)  # lets the epoch's source finish: its end-of-epoch report (replaced images) runs
         self.epoch_loss = float(loss_sum) / max(pos.loss_steps, 1)
         self.epoch_loss = self.pg.mean(self.epoch_loss)
         self.epoch_pairs_s = seen * self.pg.world / (time.time() - t_epoch)
@@ -192,13 +229,14 @@ class Trainer:
 
     # -- epoch end -------------------------------------------------------------------------------------------
     def _knn(self):
-        """Rank 0 runs the monitor on its (plain, eval-mode) backbone; the other ranks wait at a barrier."""
-        knn = None
-        if self.pg.is_main and self.knn_sets is not None:
-            knn = knn_accuracy(self.model.backbone, self.knn_sets, self.cfg.knn_k, self.cfg.knn_t,
-                               self.cfg.channels_last)
-        self.pg.barrier()
-        return knn
+        """Rank 0 runs the monitor on its (plain, eval-mode) backbone; the other ranks wait for its outcome."""
+        def monitor():
+            if self.knn_sets is None:
+                return None
+            return knn_accuracy(self.model.backbone, self.knn_sets, self.cfg.knn_k, self.cfg.knn_t,
+                                self.cfg.channels_last)
+
+        return self.pg.together(monitor, main_only=True)
 
     def _end_epoch(self, epoch: int, last: bool):
         cfg, pos = self.cfg, self.pos
@@ -208,18 +246,22 @@ class Trainer:
         knn = self._knn() if last or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) else None
         t, _ = self._progress()
         pos.epoch, pos.samples, pos.loss_sum, pos.loss_steps = epoch + 1, 0, 0.0, 0
-        if self.pg.is_main:
-            elapsed = pos.elapsed_s + time.time() - self.t_run
-            row = dict(epoch=epoch + 1, step=pos.step, loss=round(self.epoch_loss, 5),
-                       lr=self.optimizer.param_groups[0]["lr"], momentum=momentum_at(t, cfg.epochs, cfg.m,
-                                                                                     cfg.m_schedule),
-                       knn_top1="" if knn is None else round(knn, 2), pairs_per_s=round(self.epoch_pairs_s, 1),
-                       elapsed_s=round(elapsed, 1))
-            self.metrics.epoch(row)
-            pos.history = self.metrics.history
-            self.log(f"epoch {epoch + 1}/{cfg.epochs}  loss {self.epoch_loss:.4f}  {self.epoch_pairs_s:.0f} pairs/s"
-                     + (f"  kNN {knn:.2f} %" if knn is not None else ""))
+        self.pg.together(lambda: self._record(epoch, knn, t), main_only=True)
         self._save()
+
+    def _record(self, epoch: int, knn, t: float) -> None:
+        """Rank 0: the epoch's row in metrics.csv / TensorBoard, and its log line."""
+        cfg, pos = self.cfg, self.pos
+        elapsed = pos.elapsed_s + time.time() - self.t_run
+        row = dict(epoch=epoch + 1, step=pos.step, loss=round(self.epoch_loss, 5),
+                   lr=self.optimizer.param_groups[0]["lr"], momentum=momentum_at(t, cfg.epochs, cfg.m,
+                                                                                 cfg.m_schedule),
+                   knn_top1="" if knn is None else round(knn, 2), pairs_per_s=round(self.epoch_pairs_s, 1),
+                   elapsed_s=round(elapsed, 1))
+        self.metrics.epoch(row)
+        pos.history = self.metrics.history
+        self.log(f"epoch {epoch + 1}/{cfg.epochs}  loss {self.epoch_loss:.4f}  {self.epoch_pairs_s:.0f} pairs/s"
+                 + (f"  kNN {knn:.2f} %" if knn is not None else ""))
 
     # -- the run -----------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -230,6 +272,10 @@ class Trainer:
         stop, timer = StopRequest(), SaveTimer(cfg.save_every_min)
         self.t_run = time.time()
         knn = None
+        if self._nothing_left():
+            stop.restore()
+            self.log(self._nothing_left())
+            return self._summary(knn)
         try:
             for epoch in range(self.pos.epoch, cfg.epochs):
                 self.model.train()
@@ -244,6 +290,17 @@ class Trainer:
         finally:
             stop.restore()
         return self._summary(knn)
+
+    def _nothing_left(self) -> str | None:
+        """Why a resumed run has nothing to train (its checkpoint already reached --epochs or --max-steps)."""
+        cfg, pos = self.cfg, self.pos
+        if pos.epoch >= cfg.epochs:
+            return (f"nothing to train: {cfg.out} has finished all {cfg.epochs} epochs (pass a larger --epochs to "
+                    "train on)")
+        if cfg.max_steps and pos.step >= cfg.max_steps:
+            return (f"nothing to train: {cfg.out} stopped at step {pos.step}, --max-steps is {cfg.max_steps} (raise "
+                    "it, or pass --max-steps 0 to train to the end of --epochs)")
+        return None
 
     def _summary(self, knn) -> dict:
         plot = None
