@@ -171,3 +171,44 @@ def test_imported_run_starts_training_with_init_but_does_not_resume(tmp_path):
     small = MoCo.from_config(TrainConfig(arch="resnet18", width=16, K=64, batch_size=4, bn_splits=1).resolved(), 3)
     with pytest.raises(ConfigError, match="does not fit this backbone"):
         init_backbone(small, str(tmp_path / "run"))
+
+
+def test_a_tensor_of_the_wrong_shape_or_a_queue_of_the_wrong_width_is_one_line(tmp_path, capsys):
+    from fastmoco.cli import convert as convert_cli
+
+    path, _ = _official(tmp_path, "resnet18", "v2")
+    sd = torch.load(path, weights_only=True)
+    sd["state_dict"]["module.encoder_q.layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
+    torch.save(sd, tmp_path / "reshaped.pth")
+    assert convert_cli.main(["import", str(tmp_path / "reshaped.pth"), str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fastmoco-convert: error: {tmp_path / 'reshaped.pth'}: the backbone does not fit a resnet18 of "
+                   "width 64 (size mismatch for layer2.0.conv1.weight: the file holds (128, 64, 1, 1), this model "
+                   "needs (128, 64, 3, 3))")
+    sd = torch.load(path, weights_only=True)
+    sd["state_dict"]["module.queue"] = torch.randn(64, 1024)  # the head is 128 wide
+    torch.save(sd, tmp_path / "queue.pth")
+    with pytest.raises(ConvertError, match=r"module.queue is \(64, 1024\), but the head's output is 128 wide"):
+        import_official(str(tmp_path / "queue.pth"), str(tmp_path / "b"))
+    sd = torch.load(path, weights_only=True)
+    sd["state_dict"]["module.encoder_q.fc.2.weight"] = torch.randn(128, 256)  # its input is 512 wide
+    torch.save(sd, tmp_path / "head.pth")
+    with pytest.raises(ConvertError, match=r"the mlp head does not fit a mlp head on 512 features \(size mismatch "
+                                           r"for 2.weight"):
+        import_official(str(tmp_path / "head.pth"), str(tmp_path / "c"))
+    assert not any((tmp_path / d).exists() for d in "abc")  # a refused import writes nothing
+
+
+def test_init_from_an_imported_run_takes_its_architecture(tmp_path):
+    from fastmoco.train.config import ConfigError, config_from_args
+
+    path, _ = _official(tmp_path, "resnet18", "v1")
+    import_official(path, str(tmp_path / "run"))
+    cfg = config_from_args(["--init", str(tmp_path / "run"), "--out", str(tmp_path / "new")])
+    assert (cfg.arch, cfg.width, cfg.stem) == ("resnet18", 64, "imagenet")
+    cfg = config_from_args(["--init", str(tmp_path / "run" / "last.pt"), "--width", "32"])  # a flag still wins
+    assert (cfg.arch, cfg.width, cfg.stem) == ("resnet18", 32, "imagenet")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "plain.pth")  # no config: the defaults
+    assert config_from_args(["--init", str(tmp_path / "plain.pth")]).arch == "resnet10"
+    with pytest.raises(ConfigError, match="--init: checkpoint not found"):
+        config_from_args(["--init", str(tmp_path / "missing.pth")])

@@ -17,7 +17,7 @@ batches with gradients summed over the processes. Process 0 writes ``OUT/metrics
 import csv
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -166,13 +166,16 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
     from fastmoco.data.fmnist import is_fmnist_dir
     from fastmoco.train import checkpoint as ckpt_io
     from fastmoco.train import distributed
-    from fastmoco.train.config import ConfigError
-    from fastmoco.train.export import load_backbone
+    from fastmoco.train.config import ConfigError, check_finite
+    from fastmoco.train.export import backbone_from, describe_checkpoint, read_run
 
     pg = distributed.setup(s.device)
     log = log if pg.is_main else (lambda *_: None)
-    backbone, cfg, meta = load_backbone(run_dir, s.checkpoint)
-    backbone = backbone.to(pg.device).eval().requires_grad_(False)
+    state, cfg, meta = read_run(run_dir, s.checkpoint)
+    backbone = backbone_from(state, cfg, meta, run_dir).to(pg.device).eval().requires_grad_(False)
+    shown = s.checkpoint or (ckpt_io.checkpoint_path(run_dir) if os.path.isdir(run_dir) else run_dir)
+    log("evaluating " + describe_checkpoint(state, cfg, shown))
+    del state
     data = s.data or cfg.data
     if not data:
         raise ConfigError(f"{run_dir} holds imported weights without a dataset: pass --data (and --val)")
@@ -183,9 +186,13 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
     proto = PROTOCOLS[name]
     s = LinclsSettings(**{**asdict(s), "protocol": name, **{k: proto[k] if getattr(s, k) is None else getattr(s, k)
                                                             for k in ("epochs", "lr", "batch_size")}})
+    for f in fields(s):
+        check_finite(f.name, getattr(s, f.name))
     if s.epochs < 1 or s.lr <= 0 or s.batch_size < 1:
         raise ConfigError(f"need epochs >= 1, lr > 0, batch_size >= 1; got {s.epochs}, {s.lr}, {s.batch_size}")
-    train_ds, test_ds, classes = labelled_sets(data, val, s.subset)
+    train_ds, test_ds, classes, note = labelled_sets(data, val, s.subset)
+    if note:
+        log(note)
     size, mean, std, channels = meta["image_size"], meta["mean"], meta["std"], meta["in_channels"]
     out = s.out or os.path.join(run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir), "lincls")
     if pg.is_main:

@@ -5,6 +5,7 @@ The resolved config (every field filled) is written to ``OUT/config.yaml``.
 """
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Optional
@@ -144,9 +145,12 @@ class TrainConfig:
             filled["bn_splits"] = 8 if world_size == 1 and not self.sync_bn else 1
         cfg = dataclasses.replace(self, **filled)
         cfg.validate()
-        if cfg.sync_bn and world_size > 1 and device_type != "cuda":
+        if cfg.sync_bn and device_type != "cuda":
             raise ConfigError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
-                              "on CPU the default cross-process shuffle-BN guards BN")
+                              "on CPU the default shuffle-BN (Split-BN in one process) guards BN")
+        if cfg.sync_bn and world_size == 1:
+            raise ConfigError("sync_bn needs several processes (torchrun): in one process it would be plain BN over "
+                              "the batch; leave it off and Split-BN guards BN")
         if cfg.sync_bn and cfg.bn_splits != 1:
             raise ConfigError(f"sync_bn replaces Split-BN: pass --bn-splits 1 (got {cfg.bn_splits})")
         return cfg
@@ -300,6 +304,15 @@ def _resumed_settings(overrides: dict) -> dict:
     return {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and k not in NOT_COMPARED}
 
 
+def _init_settings(overrides: dict) -> dict:
+    """With --init of a fastmoco run or checkpoint, its backbone's shape for the fields left unset."""
+    if not overrides.get("init"):
+        return {}
+    from .export import init_settings
+
+    return init_settings(overrides["init"])
+
+
 def _base_type(f):
     """The Python type a field holds (Optional[...] unwrapped)."""
     name = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
@@ -318,6 +331,13 @@ def _check_types(cfg) -> None:
               isinstance(value, int) and not isinstance(value, bool) if want is int else isinstance(value, str))
         if not ok:
             raise ConfigError(f"{f.name} must be {want.__name__}, got {value!r} ({type(value).__name__})")
+        check_finite(f.name, value)
+
+
+def check_finite(name: str, value) -> None:
+    """NaN and infinity pass every ``x > 0`` style check the wrong way (nan <= 0 is False): refuse them first."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
 
 
 def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
@@ -339,4 +359,4 @@ def config_from_args(argv=None) -> TrainConfig:
     args = vars(build_parser().parse_args(argv))
     overrides = TrainConfig.from_yaml(args.pop("config")) if "config" in args else {}
     overrides.update(args)
-    return TrainConfig(**{**_resumed_settings(overrides), **overrides}).resolved()
+    return TrainConfig(**{**_resumed_settings(overrides), **_init_settings(overrides), **overrides}).resolved()

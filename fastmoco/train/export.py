@@ -7,7 +7,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from fastmoco.models import build_backbone
+from fastmoco.models import build_backbone, load_exactly
 
 from . import checkpoint as ckpt_io
 from .config import ConfigError, TrainConfig
@@ -60,21 +60,41 @@ def read_run(path: str, checkpoint: str | None = None) -> tuple[dict, TrainConfi
     return state, TrainConfig(**state["config"]), meta  # the checkpoint's own settings, not a later config.yaml
 
 
+def backbone_from(state: dict, cfg: TrainConfig, meta: dict, path: str):
+    """The backbone a checkpoint's state holds, built as its config says."""
+    backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, meta["in_channels"])
+    load_exactly(backbone, backbone_state_dict(state["model"]), f"the backbone in {path}", ckpt_io.CheckpointError)
+    return backbone
+
+
 def load_backbone(path: str, checkpoint: str | None = None):
     """(backbone with the run's weights, its TrainConfig, its data description)."""
     state, cfg, meta = read_run(path, checkpoint)
-    backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, meta["in_channels"])
-    backbone.load_state_dict(backbone_state_dict(state["model"]))
-    return backbone, cfg, meta
+    return backbone_from(state, cfg, meta, path), cfg, meta
 
 
-def read_weights(path: str, error=ConfigError, prefix: str = "", trusted: bool = False) -> dict:
-    """The dict a PyTorch weights file holds, or ``error`` in one line. Files from elsewhere load with
-    ``weights_only`` (tensors and plain containers only); ``trusted`` ones (fastmoco's own) in full."""
+def describe_checkpoint(state: dict, cfg: TrainConfig, path: str) -> str:
+    """Which weights a checkpoint holds, in words: how far its run had come, or where an import came from."""
+    if "imported" in state:
+        return f"{path}: {state['imported'].get('format', 'imported')} weights from {state['imported'].get('source')}"
+    pos = state.get("position", {"epoch": state.get("epoch", 0), "samples": 0})
+    where = f"{path}: epoch {pos['epoch']} of {cfg.epochs} finished"
+    if pos.get("samples"):
+        where += f", {pos['samples']} images into epoch {pos['epoch'] + 1}"
+    if pos["epoch"] < cfg.epochs:
+        where += " (the run had not finished: it may still be training)"
+    return where
+
+
+def read_weights(path: str, error=ConfigError, prefix: str = "") -> dict:
+    """The dict a PyTorch weights file holds, or ``error`` in one line. Loaded safely (``ckpt_io.safe_load``):
+    a file that would run code is refused."""
     if not os.path.isfile(path):
         raise error(f"{prefix}checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+        obj = ckpt_io.safe_load(path, lambda msg: error(prefix + msg))
+    except error:
+        raise
     except Exception as exc:  # noqa: BLE001 - pickle, zip and format errors all mean "not a checkpoint"
         raise error(f"{prefix}{path} is not a PyTorch checkpoint ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
@@ -82,26 +102,33 @@ def read_weights(path: str, error=ConfigError, prefix: str = "", trusted: bool =
     return obj
 
 
+# what a backbone's shape is made of: --init of a fastmoco run or checkpoint takes these from it unless given
+BACKBONE_FIELDS = ("arch", "width", "stem")
+
+
+def _read_init(path: str) -> tuple[dict, bool]:
+    """(what --init PATH holds, whether it is a fastmoco run or checkpoint rather than a plain state_dict)."""
+    if os.path.isdir(path):
+        return read_run(path)[0], True
+    state = read_weights(path, ConfigError, "--init: ")
+    return state, "config" in state and "model" in state
+
+
+def init_settings(path: str) -> dict:
+    """The backbone fields (``BACKBONE_FIELDS``) of the run that --init PATH names; {} for a plain state_dict."""
+    state, is_run = _read_init(path)
+    return {k: state["config"][k] for k in BACKBONE_FIELDS if k in state["config"]} if is_run else {}
+
+
 def init_backbone(model, path: str) -> None:
     """Both encoders' backbones set to the weights at ``path`` (see ``TrainConfig.init``)."""
-    if os.path.isdir(path):
-        sd = backbone_state_dict(read_run(path)[0]["model"])
-    else:
-        state = read_weights(path, ConfigError, "--init: ", trusted=True)
-        if "config" in state and "model" in state:  # a fastmoco checkpoint
-            sd = backbone_state_dict(state["model"])
-        else:  # a plain backbone state_dict (torchvision names); a classifier is not part of the backbone
-            sd = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+    state, is_run = _read_init(path)
+    if is_run:
+        sd = backbone_state_dict(state["model"])
+    else:  # a plain backbone state_dict (torchvision names); a classifier is not part of the backbone
+        sd = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
     for encoder in (model.encoder_q, model.encoder_k):
-        try:
-            missing, unexpected = encoder.backbone.load_state_dict(sd, strict=False)
-        except RuntimeError as exc:
-            line = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
-            raise ConfigError(f"--init: {path} does not fit this backbone ({line})") from None
-        if missing or unexpected:
-            key = (missing or unexpected)[0]
-            raise ConfigError(f"--init: {path} does not fit this backbone ({'missing' if missing else 'unexpected'} "
-                              f"key {key})")
+        load_exactly(encoder.backbone, sd, f"--init: {path}", ConfigError, "this backbone")
 
 
 def export_run(run_dir: str, checkpoint: str | None = None) -> dict:

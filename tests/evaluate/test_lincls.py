@@ -67,19 +67,49 @@ def test_fast_protocol_learns_and_writes_its_outputs(tiny_run):
 
 
 @needs_fmnist()
+def test_non_finite_numbers_are_refused_before_anything_is_written(tiny_run, capsys):
+    from fastmoco.cli import lincls as lincls_cli
+
+    out = os.path.join(tiny_run, "lincls-nan")
+    for flag, value in (("--lr", "nan"), ("--lr", "inf"), ("--lr", "-inf")):
+        assert lincls_cli.main([tiny_run, f"{flag}={value}", "--out", out, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"fastmoco-lincls: error: lr must be a finite number, got {float(value)}", err
+    assert not os.path.exists(out)
+
+
+@needs_fmnist()
+def test_it_says_which_checkpoint_it_evaluates(tiny_run, tmp_path):
+    from fastmoco.train import checkpoint as ckpt_io
+
+    lines = []
+    run_lincls(tiny_run, LinclsSettings(subset=512, epochs=1, progress=False, workers=0, out=str(tmp_path)),
+               log=lines.append)
+    assert lines[0] == f"evaluating {os.path.join(tiny_run, 'last.pt')}: epoch 1 of 1 finished", lines
+    state = ckpt_io.load(os.path.join(tiny_run, "last.pt"))  # as a run still training would have left it
+    state["position"].update(epoch=0, samples=128)
+    ckpt_io.save_atomic(state, str(tmp_path / "mid.pt"))
+    lines = []
+    run_lincls(str(tmp_path / "mid.pt"), LinclsSettings(subset=512, epochs=1, progress=False, workers=0,
+                                                        out=str(tmp_path)), log=lines.append)
+    assert lines[0] == (f"evaluating {tmp_path / 'mid.pt'}: epoch 0 of 1 finished, 128 images into epoch 1 (the run "
+                        "had not finished: it may still be training)")
+
+
+@needs_fmnist()
 def test_official_protocol_keeps_the_backbone_frozen(tiny_run, monkeypatch, tmp_path):
     from fastmoco.train import export
 
     seen = {}
-    real = export.load_backbone
+    real = export.backbone_from
 
     def spy(*a, **kw):
-        backbone, cfg, meta = real(*a, **kw)
+        backbone = real(*a, **kw)
         seen["backbone"] = backbone
         seen["before"] = {k: v.clone() for k, v in backbone.state_dict().items()}
-        return backbone, cfg, meta
+        return backbone
 
-    monkeypatch.setattr(export, "load_backbone", spy)
+    monkeypatch.setattr(export, "backbone_from", spy)
     res = run_lincls(tiny_run, LinclsSettings(protocol="official", subset=512, epochs=2, lr=1.0, workers=0,
                                               progress=False, out=str(tmp_path)), log=lambda *_: None)
     assert res["protocol"] == "official" and 0 <= res["top1"] <= 100
@@ -96,6 +126,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
 @needs_fmnist()
 def test_torchrun_shards_the_features_and_trains_one_classifier(tiny_run, tmp_path):
     args = [tiny_run, "--subset", "1000", "--epochs", "10", "--workers", "0", "--no-progress", "--device", "cpu"]
