@@ -2,7 +2,7 @@
 PY ?= python3
 export PYTHONUNBUFFERED=1
 
-.PHONY: setup train test bench quality ablations clean
+.PHONY: setup train test test-heavy bench quality ablations clean
 
 setup:
 	bash scripts/setup.sh
@@ -10,8 +10,13 @@ setup:
 train: setup
 	fastmoco-train $(ARGS)
 
+# the quick suite (under 10 minutes on 2 CPU cores); test-heavy: the marked rest (GPU-target compiles of every
+# launch configuration, torchrun fault runs); CI runs both
 test: setup
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q tests -m "not heavy" --durations=15 $(ARGS)
+
+test-heavy: setup
+	$(PY) -m pytest -q tests -m heavy --durations=10 $(ARGS)
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \

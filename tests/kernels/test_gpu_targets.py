@@ -12,15 +12,30 @@ pytest.importorskip("triton")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def compiled():
+def _compile_targets(*flags):
     env = dict(os.environ, TRITON_INTERPRET="0")
-    res = subprocess.run([sys.executable, os.path.join(HERE, "compile_targets.py")], capture_output=True, text=True,
-                         env=env, timeout=1200)
+    res = subprocess.run([sys.executable, os.path.join(HERE, "compile_targets.py"), *flags], capture_output=True,
+                         text=True, env=env, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     return [json.loads(line) for line in res.stdout.splitlines()]
 
 
+@pytest.fixture(scope="module")
+def compiled():
+    return _compile_targets()  # 168 compiles: ~4.5 min on the 2-core dev machine, hence the heavy set
+
+
+def test_a_default_steps_kernels_compile_for_both_targets_and_fit():
+    """The quick subset (every make test): what a default step launches, on both targets."""
+    rows = _compile_targets("--quick")
+    assert {(r["kernel"], r["cc"]) for r in rows} == {(k, cc) for k in ("infonce_partial", "infonce_combine", "ema")
+                                                      for cc in (80, 90)}
+    assert all(r["shared"] <= r["limit"] for r in rows), rows
+    assert all(r["mma"] for r in rows if r["expect_mma"]), rows
+    assert any(r["expect_mma"] for r in rows)  # the bf16 InfoNCE tile is among them
+
+
+@pytest.mark.heavy
 def test_every_launch_configuration_compiles_for_both_targets(compiled):
     kinds = {(r["kernel"], r["cc"]) for r in compiled}
     assert kinds == {(k, cc) for k in ("infonce_partial", "infonce_combine", "ema") for cc in (80, 90)}
@@ -28,11 +43,13 @@ def test_every_launch_configuration_compiles_for_both_targets(compiled):
     assert {tuple(r["tiles"]) for r in partial} >= {(16, 64, 16), (64, 64, 128), (64, 64, 256), (64, 32, 256)}
 
 
+@pytest.mark.heavy
 def test_shared_memory_fits_each_target(compiled):
     over = [r for r in compiled if r["shared"] > r["limit"] and not r.get("tuned")]
     assert not over, over
 
 
+@pytest.mark.heavy
 def test_autotune_candidates_include_the_table_and_fit_somewhere(compiled):
     """With FASTMOCO_AUTOTUNE=1 the autotuner may pick any candidate; one that does not fit fails to launch and is
     skipped, so each target and dtype needs at least one that fits, and the table's own choice must be a
@@ -51,6 +68,7 @@ def test_autotune_candidates_include_the_table_and_fit_somewhere(compiled):
                    and c.num_stages == cfg.num_stages for c in nce.TUNE_CONFIGS)
 
 
+@pytest.mark.heavy
 def test_dots_run_on_tensor_cores(compiled):
     for r in compiled:
         if r["expect_mma"]:

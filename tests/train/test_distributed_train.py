@@ -100,6 +100,7 @@ def _ckpt(out):
     return torch.load(os.path.join(out, "last.pt"), weights_only=False)
 
 
+@pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
 def test_two_rank_checkpoint_resumes_in_one_process_and_back(tmp_path):
     n, k = TINY["subset"], TINY["K"]
     out = str(tmp_path / "a")

@@ -110,6 +110,7 @@ TINY_ARGS = ["--data", FMNIST_DIR, "--subset", "4096", "--batch-size", "32", "--
              "--no-progress", "--threads", "1", "--knn-k", "20", "--epochs", "2"]
 
 
+@pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
 def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
     out = str(tmp_path / "run")
     proc = _cli(*TINY_ARGS, "--out", out, "--save-every-min", "0.002")  # a mid-epoch save every 0.12 s
@@ -161,6 +162,7 @@ def _worker_pids(tag: str, local_rank: int):
     return pids
 
 
+@pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
 def test_torchrun_restarts_a_killed_worker_and_the_group_resumes(tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, FASTMOCO_TEST_TAG=out, OMP_NUM_THREADS="1")
