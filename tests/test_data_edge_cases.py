@@ -172,3 +172,10 @@ def test_images_replaced_during_an_epoch_are_reported_by_the_training_loop(tmp_p
                       image_size=32, width=4, K=16, epochs=1, progress=False, out=str(tmp_path / "run")).resolved()
     with pytest.warns(UserWarning, match=r"1 image\(s\) could not be decoded in epoch 1 and were replaced"):
         train(cfg, log=lambda *_: None)
+
+
+@needs_fmnist()
+def test_a_val_folder_beside_fashion_mnist_training_is_refused_not_ignored(tmp_path):
+    _classes(tmp_path / "val", ["0", "1"])
+    with pytest.raises(DataError, match=r"^--val .*: training on Fashion-MNIST, the kNN monitor uses its own test set"):
+        build_data(TrainConfig(data=FMNIST_DIR, val=str(tmp_path / "val")).resolved(), "cpu")

@@ -18,23 +18,30 @@ def _os_error_line(exc: OSError) -> str:
     return f"{what}: {exc.filename}" if exc.filename else what
 
 
+def _say(line: str) -> None:
+    """One line to stderr in one write: under torchrun every rank shares the terminal, and print's two writes
+    (text, then newline) of two ranks interleave into one garbled line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_cli(prog: str, fn, argv=None) -> int:
     try:  # every import of torch happens inside: an early Ctrl-C is one line too
         fn(argv)
         return 0
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; files already written (checkpoints included) are kept", file=sys.stderr)
+        _say(f"{prog}: interrupted; files already written (checkpoints included) are kept")
         return 130
     except Exception as exc:  # noqa: BLE001 - sorted below: expected ones are one line, the rest re-raised
         expected = _expected_errors()
         from fastmoco.train.state import RunStopped
         if isinstance(exc, RunStopped):  # SIGTERM / SIGINT: the checkpoint is written; exit as the signal would
-            print(f"{prog}: {exc}", file=sys.stderr)
+            _say(f"{prog}: {exc}")
             return 128 + int(getattr(signal, exc.signame, signal.SIGTERM))
         if isinstance(exc, expected):
-            print(f"{prog}: error: {exc}", file=sys.stderr)
+            _say(f"{prog}: error: {exc}")
             return 2
         if isinstance(exc, OSError):  # a full disk, a permission, a vanished file: the system's words, one line
-            print(f"{prog}: error: {_os_error_line(exc)}", file=sys.stderr)
+            _say(f"{prog}: error: {_os_error_line(exc)}")
             return 2
         raise

@@ -255,6 +255,10 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
 
 def _build(cfg, device, rank, world, loader, in_memory):
     if in_memory:
+        if cfg.val:  # its monitor scores Fashion-MNIST's own test set; a folder of RGB images would not fit it
+            raise DataError(f"--val {cfg.val}: training on Fashion-MNIST, the kNN monitor uses its own test set; "
+                            "--val is for ImageFolder training data (fastmoco-lincls --val scores a folder against "
+                            "Fashion-MNIST)")
         images, labels = load_fmnist(cfg.data, train=True)
         test_images, test_labels = load_fmnist(cfg.data, train=False)
         if cfg.subset:
