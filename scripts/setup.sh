@@ -14,10 +14,14 @@ fi
 
 stamp=.setup-stamp
 want="$( (cat setup.py pyproject.toml csrc/* requirements.txt; echo "cuda=${FASTMOCO_CUDA:-0}") | sha256sum | cut -d' ' -f1)"
-# "already set up": the stamp matches the build inputs and the package imports with its extension (torch first:
-# fastmoco._C links against torch's libraries, which only importing torch puts in reach)
+# "already set up": the stamp matches the build inputs and the package imports with its extension from this
+# checkout (torch first: fastmoco._C links against torch's libraries, which only importing torch puts in reach;
+# an editable install of another clone would import too, from there)
 set_up() {
-  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import torch, fastmoco._C" 2>/dev/null
+  local here="$PWD/fastmoco"
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && (cd / && $PY -c "
+import os, sys, torch, fastmoco._C
+sys.exit(not os.path.samefile(os.path.dirname(fastmoco._C.__file__), sys.argv[1]))" "$here") 2>/dev/null
 }
 if [ "${1:-}" = "--check" ]; then  # exit 0 when nothing would be installed (tests/test_setup.py runs this)
   set_up
