@@ -108,11 +108,18 @@ def _cli(*args):
     (["--data", "/nonexistent"], "fastmoco-train: error: data path does not exist: /nonexistent"),
     (["--resume", "/nonexistent.pt"], "fastmoco-train: error: --resume: checkpoint not found: /nonexistent.pt"),
 ])
-def test_cli_errors_are_one_line(args, message):
-    res = _cli(*args, "--out", "/tmp/fastmoco-cli-test")
-    assert res.returncode == 2
-    assert res.stderr.strip() == message or res.stderr.strip().startswith(message)
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+def test_cli_errors_are_one_line(args, message, capsys):
+    from fastmoco.cli import train as train_cli  # in-process; the process itself: test_the_process_exits_2_...
+
+    assert train_cli.main([*args, "--out", "/tmp/fastmoco-cli-test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == message or err.startswith(message)
+    assert len(err.splitlines()) == 1, err
+
+
+def test_the_process_exits_2_with_one_line():
+    res = _cli("--lr", "0", "--out", "/tmp/fastmoco-cli-test")
+    assert res.returncode == 2 and res.stderr.strip() == "fastmoco-train: error: lr must be > 0, got 0.0", res.stderr
 
 
 @pytest.mark.parametrize("loader", ["dali", "torch"])
