@@ -27,6 +27,7 @@ python3 -c "import fastmoco.ops as o; print('native:', o.native_available())" | 
 # CUDA tests (the CPU suite runs in CI); TRITON_INTERPRET must stay unset here so the real kernels run
 TRITON_INTERPRET=0 python3 -m pytest -q tests/ops tests/train -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
 
+# the op benchmarks, the in-batch InfoNCE (MoCo v3) at N=512/M=4096 and N=4096/M=32768 bf16 among them
 python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
   --benchmark-sort=name --benchmark-json="$OUT/bench.json" -p no:cacheprovider 2>&1 | tee "$OUT/bench.txt"
 

@@ -178,8 +178,9 @@ def _num_sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def infonce_forward(q, k, queue, temperature: float):
-    """Launch the fused forward. Returns fp32 (loss (N,), p0 (N,), W (N, C))."""
+def _partials(q, queue, temperature: float):
+    """The partial kernel over ``queue``: per split, fp32 running max m (S, N), sum l (S, N) and weighted key sum
+    w (S, N, C); with the launch's row blocks."""
     N, C = q.shape
     K = queue.shape[0]
     cfg = launch_config(_capability(q.device), q.dtype, N, C)
@@ -203,12 +204,34 @@ def infonce_forward(q, k, queue, temperature: float):
         BLOCK_N=block_n, BLOCK_C=block_c, UPCAST=INTERPRET and q.dtype == torch.bfloat16, PRECISION=precision,
         **table,
     )
+    return m_part, l_part, w_part, cfg, n_blocks
+
+
+def infonce_forward(q, k, queue, temperature: float):
+    """Launch the fused forward. Returns fp32 (loss (N,), p0 (N,), W (N, C))."""
+    N, C = q.shape
+    m_part, l_part, w_part, cfg, n_blocks = _partials(q, queue, temperature)
+    f32 = dict(device=q.device, dtype=torch.float32)
     loss = torch.empty((N,), **f32)
     p0 = torch.empty((N,), **f32)
     w = torch.empty((N, C), **f32)
     _combine_kernel[(n_blocks,)](
-        q, k, m_part, l_part, w_part, loss, p0, w, N, C, splits, scale,
+        q, k, m_part, l_part, w_part, loss, p0, w, N, C, m_part.shape[0], 1.0 / temperature,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        BLOCK_N=block_n, BLOCK_C=block_c,
+        BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c,
     )
     return loss, p0, w
+
+
+def inbatch_forward(q, keys, offset: int, temperature: float):
+    """In-batch InfoNCE (row i's positive is keys[offset + i], every key a candidate): the same partial kernel
+    over all the keys, then the splits merged here (S x N x C fp32, no N x M logits). Returns fp32 (loss (N,),
+    W (N, C)) with W = sum_j p_j keys_j."""
+    N = q.shape[0]
+    m_part, l_part, w_part, _cfg, _blocks = _partials(q, keys, temperature)
+    m = m_part.amax(0)  # (N,) an empty split holds -inf
+    b = torch.exp(m_part - m)  # (S, N)
+    l = (l_part * b).sum(0)  # (N,)
+    w = (w_part * b[..., None]).sum(0) / l[:, None]  # (N, C)
+    pos = (q.float() * keys[offset:offset + N].float()).sum(1) / temperature  # (N,)
+    return m + torch.log(l) - pos, w

@@ -10,6 +10,8 @@ import torch
 SCHEMAS = {
     # per-row loss, p0 and W (see infonce.py); the two last are saved for the backward
     "infonce": "(Tensor q, Tensor k, Tensor queue, float temperature) -> (Tensor, Tensor, Tensor)",
+    # in-batch keys (MoCo v3): per-row loss and W (see infonce_inbatch.py), W saved for the backward
+    "infonce_inbatch": "(Tensor q, Tensor keys, int offset, float temperature) -> (Tensor, Tensor)",
     "ema_": "(Tensor(a!)[] dst, Tensor[] src, float momentum) -> ()",
     "enqueue_": "(Tensor(a!) queue, Tensor(b!) ptr, Tensor keys) -> ()",
 }

@@ -27,25 +27,30 @@ CHUNK_ELEMS = 1 << 17
 def _forward_chunked(q: Tensor, k: Tensor, queue: Tensor, temperature: float):
     """Stream the queue in chunks with a running max/sum (online log-sum-exp); fp32 (float64) accumulation."""
     N, C = q.shape
-    K = queue.shape[0]
     acc = _acc_dtype(q.dtype)
     qs = q.to(acc) / temperature  # (N, C) scaled queries
     pos = (qs * k.to(acc)).sum(1)  # (N,) positive logits
-    m = pos.clone()  # (N,) running max, the positive included
-    l = torch.ones_like(pos)  # (N,) running sum of exp(logit - m)
     w = torch.zeros((N, C), device=q.device, dtype=acc)  # (N, C) running sum of exp(logit - m) key
-    chunk = max(64, CHUNK_ELEMS // max(N, 1))
-    for start in range(0, K, chunk):
-        keys = queue[start:start + chunk].to(acc)  # (Kc, C)
-        s = qs @ keys.T  # (N, Kc) logits of this chunk only
-        m_new = torch.maximum(m, s.amax(1))
-        alpha = torch.exp(m - m_new)  # (N,)
-        s.sub_(m_new[:, None]).exp_()  # (N, Kc) unnormalised probabilities
-        l = l * alpha + s.sum(1)
-        w.mul_(alpha[:, None]).addmm_(s, keys)
-        m = m_new
+    # the positive starts the running max and sum: m = pos, l = exp(pos - m) = 1
+    m, l, w = stream_keys(qs, queue, pos.clone(), torch.ones_like(pos), w)
     lse = m + torch.log(l)  # (N,)
     return lse - pos, torch.exp(pos - lse), w / l[:, None]  # W = sum_j p_j key_j
+
+
+def stream_keys(qs: Tensor, keys: Tensor, m: Tensor, l: Tensor, w: Tensor):
+    """Online log-sum-exp of the logits qs @ keys.T, a chunk of keys at a time: the running max m (N,), sum
+    l = sum exp(logit - m) (N,) and weighted key sum w (N, C, updated in place), continued from the values given."""
+    chunk = max(64, CHUNK_ELEMS // max(qs.shape[0], 1))
+    for start in range(0, keys.shape[0], chunk):
+        tile = keys[start:start + chunk].to(qs.dtype)  # (Kc, C)
+        s = qs @ tile.T  # (N, Kc) logits of this chunk only
+        m_new = torch.maximum(m, s.amax(1))
+        alpha = torch.exp(m - m_new)  # (N,); exp(-inf) = 0 when starting from an empty sum
+        s.sub_(m_new[:, None]).exp_()  # (N, Kc) unnormalised probabilities
+        l = l * alpha + s.sum(1)
+        w.mul_(alpha[:, None]).addmm_(s, tile)
+        m = m_new
+    return m, l, w
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references of the three ops, written the way the original MoCo code does it.
+"""Pure-PyTorch references of the ops, written the way the original MoCo code does it.
 
 They define the semantics the fused ops are tested against and serve as the `--ops reference` path.
 """
@@ -12,6 +12,13 @@ def infonce_reference(q, k, queue, temperature: float = 0.07, reduction: str = "
     neg = torch.einsum("nc,kc->nk", q, queue.detach())  # (N, K)
     logits = torch.cat([pos, neg], dim=1) / temperature  # (N, 1+K)
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
+def infonce_inbatch_reference(q, keys, offset: int = 0, temperature: float = 1.0, reduction: str = "mean"):
+    """The MoCo v3 code's contrastive loss: the (N, M) logits, labels arange(N) + offset."""
+    logits = q @ keys.detach().T / temperature  # (N, M)
+    labels = torch.arange(q.shape[0], device=q.device) + offset  # (N,)
     return F.cross_entropy(logits, labels, reduction=reduction)
 
 

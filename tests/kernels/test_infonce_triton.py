@@ -13,7 +13,7 @@ from fastmoco.kernels import INTERPRET  # noqa: E402
 if not INTERPRET:
     pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (tests/conftest.py sets it)",
                 allow_module_level=True)
-from fastmoco.kernels.infonce import BLOCK_K, infonce_forward  # noqa: E402
+from fastmoco.kernels.infonce import BLOCK_K, inbatch_forward, infonce_forward  # noqa: E402
 
 # (dtype, atol, rtol) against float64; bf16 is upcast to fp32 inside the interpreted kernel (the
 # interpreter's bf16 tl.dot returns wrong values)
@@ -78,3 +78,26 @@ def test_autotune_stays_off_under_the_interpreter_and_splits_are_whole_tiles(mon
     for K, splits, tile in ((65536, 264, 128), (1000, 7, 64), (5, 3, 32)):
         k_per_split, n = nce.split_queue(K, splits, tile)
         assert k_per_split % tile == 0 and n * k_per_split >= K > (n - 1) * k_per_split
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", TOLS)
+@pytest.mark.parametrize("N,C,M,offset", [(1, 16, 17, 16), (5, 130, 17, 3), (20, 32, BLOCK_K * 3 + 5, 150),
+                                          (17, 64, 200, 0)])
+def test_inbatch_kernel_matches_float64(dtype, atol, rtol, N, C, M, offset):
+    """The in-batch forward (partial kernel over every key, splits merged): loss, and the op's backward from W."""
+    q = F.normalize(torch.randn(N, C), dim=1).to(dtype)
+    keys = F.normalize(torch.randn(M, C), dim=1).to(dtype)
+    loss, w = inbatch_forward(q, keys, offset, 0.2)
+    q64 = q.double().requires_grad_()
+    ref = ops.infonce_inbatch_reference(q64, keys.double(), offset, 0.2, "none")
+    torch.testing.assert_close(loss.double(), ref.detach(), atol=atol, rtol=rtol)
+    g = torch.randn(N, dtype=torch.float64)
+    dq64, = torch.autograd.grad(ref, q64, g)
+    dq = (g / 0.2).float()[:, None] * (w - keys[offset:offset + N].float())
+    torch.testing.assert_close(dq.double(), dq64, atol=atol, rtol=rtol)
+
+
+def test_inbatch_kernel_identical_embeddings_give_log_m():
+    v = F.normalize(torch.randn(1, 16), dim=1)
+    loss, _ = inbatch_forward(v.repeat(3, 1), v.repeat(150, 1), 40, 1.0)
+    torch.testing.assert_close(loss, torch.full((3,), math.log(150)), atol=1e-5, rtol=0)
