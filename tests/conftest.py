@@ -23,6 +23,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def no_hang():
+    """A loader (a DALI pipeline above all) that stops must raise, never hang: the test fails after 120 s."""
+    import signal
+
+    def fail(*_):
+        raise TimeoutError("a loader hung")
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
 def needs_fmnist():
     return pytest.mark.skipif(not os.path.isdir(FMNIST_DIR), reason="apt-get install dataset-fashion-mnist")
 

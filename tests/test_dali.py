@@ -1,6 +1,5 @@
 """The DALI loader (CPU mode here): views, order, sharding, resume, reproducibility, bad files, colour modes."""
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -17,16 +16,7 @@ from fastmoco.train.config import ConfigError
 LEVELS = [8 + 10 * i for i in range(24)]  # one grey level per image: identifies the source of any view
 
 
-@pytest.fixture(autouse=True)
-def _no_hang():
-    """A DALI pipeline that stops must raise, never hang: every test here fails after 120 s."""
-    def fail(*_):
-        raise TimeoutError("DALI pipeline hung")
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+pytestmark = pytest.mark.usefixtures("no_hang")  # a DALI pipeline that stops must raise, never hang
 
 
 def _level_folder(root, n=24, size=(40, 30)):

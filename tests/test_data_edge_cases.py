@@ -2,16 +2,14 @@
 JPEGs, EXIF orientation, evaluation classes matched by name, and the per-epoch count of replaced images reaching
 the user through the training loop."""
 import os
-import signal
 import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import FMNIST_DIR, needs_fmnist, write_undecodable_png
-from fastmoco.data import DataError, build_data, image_folder
+from fastmoco.data import DataError, build_data
 from fastmoco.data.folder import _size, jpeg_is_complete, load_rgb
 from fastmoco.data.labelled import labelled_sets
 from fastmoco.train import TrainConfig
@@ -19,15 +17,7 @@ from fastmoco.train import TrainConfig
 LOADERS = ["dali", "torch"]
 
 
-@pytest.fixture(autouse=True)
-def _no_hang():
-    def fail(*_):
-        raise TimeoutError("a loader hung")
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+pytestmark = pytest.mark.usefixtures("no_hang")  # a DALI pipeline that stops must raise, never hang
 
 
 def _cfg(root, loader, **kw):

@@ -82,22 +82,30 @@ def _check_args(q, k, queue, temperature) -> None:
     _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
 
 
+def device_kernels(check, chunked, launcher: str):
+    """The CPU and CUDA kernels of an InfoNCE op: its argument check, then on a GPU that runs Triton the launcher
+    named ``launcher`` in kernels/infonce.py, else the chunked PyTorch path; both outside autocast (the op
+    computes in its inputs' dtypes, accumulating in fp32)."""
+    def cpu(*args):
+        check(*args)
+        with torch.autocast("cpu", enabled=False):
+            return chunked(*args)
+
+    def cuda(*args):
+        check(*args)
+        if _use_triton(args[0]):
+            from fastmoco.kernels import infonce as launchers
+
+            return getattr(launchers, launcher)(*args)
+        with torch.autocast("cuda", enabled=False):
+            return chunked(*args)
+
+    return cpu, cuda
+
+
 # The op returns fp32 (float64 for float64 inputs) per-row loss (N,), p0 (N,) and W (N, C); the last two are
-# saved for backward. Its kernels compute in the op's own dtypes, even inside autocast.
-def _infonce_cpu(q: Tensor, k: Tensor, queue: Tensor, temperature: float):
-    _check_args(q, k, queue, temperature)
-    with torch.autocast("cpu", enabled=False):
-        return _forward_chunked(q, k, queue, temperature)
-
-
-def _infonce_cuda(q: Tensor, k: Tensor, queue: Tensor, temperature: float):
-    _check_args(q, k, queue, temperature)
-    if _use_triton(q):
-        from fastmoco.kernels.infonce import infonce_forward
-
-        return infonce_forward(q, k, queue, temperature)
-    with torch.autocast("cuda", enabled=False):
-        return _forward_chunked(q, k, queue, temperature)
+# saved for backward.
+_infonce_cpu, _infonce_cuda = device_kernels(_check_args, _forward_chunked, "infonce_forward")
 
 
 def _infonce_fake(q, k, queue, temperature):
@@ -136,6 +144,30 @@ torch.library.register_autograd(_library.qualname("infonce"), _backward, setup_c
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def reduce(rows: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
+    """Per-row fp32 losses (N,) reduced as asked, in the inputs' dtype."""
+    out = rows.mean() if reduction == "mean" else rows.sum() if reduction == "sum" else rows
+    return out.to(dtype)
+
+
+class TemperatureLoss(torch.nn.Module):
+    """What the loss modules share: a checked temperature and reduction."""
+
+    def __init__(self, temperature: float, reduction: str):
+        super().__init__()
+        self.temperature = _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
+        check_reduction(reduction)
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+
+
 def infonce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.07, reduction: str = "mean") -> Tensor:
     """Cross-entropy of [q.k, q @ queue.T] / T against label 0, without the (N, 1+K) logits.
 
@@ -143,26 +175,16 @@ def infonce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.07, redu
     reduction="none", in q's dtype (accumulation is fp32).
     """
     _check_args(q, k, queue, temperature)  # here too, so errors name the arguments before dispatch
-    temperature = float(temperature)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    rows = torch.ops.fastmoco.infonce(q, k, queue.detach(), temperature)[0]  # (N,) fp32
-    out = rows.mean() if reduction == "mean" else rows.sum() if reduction == "sum" else rows
-    return out.to(q.dtype)
+    check_reduction(reduction)
+    rows = torch.ops.fastmoco.infonce(q, k, queue.detach(), float(temperature))[0]  # (N,) fp32
+    return reduce(rows, reduction, q.dtype)
 
 
-class InfoNCE(torch.nn.Module):
+class InfoNCE(TemperatureLoss):
     """``nn.Module`` form of :func:`infonce` (lightly/timm style: ``loss = InfoNCE(0.2)(q, k, queue)``)."""
 
     def __init__(self, temperature: float = 0.07, reduction: str = "mean"):
-        super().__init__()
-        self.temperature = _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
+        super().__init__(temperature, reduction)
 
     def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
         return infonce(q, k, queue, self.temperature, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"

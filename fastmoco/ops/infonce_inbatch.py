@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _library
-from .infonce import _acc_dtype, _use_triton, stream_keys
+from .infonce import TemperatureLoss, _acc_dtype, check_reduction, device_kernels, reduce, stream_keys
 from .reference import infonce_inbatch_reference  # noqa: F401  (importable beside the fused op)
 
 
@@ -58,20 +58,7 @@ def _check_args(q, keys, offset, temperature) -> None:
 
 
 # The op returns fp32 (float64 for float64 inputs) per-row loss (N,) and W (N, C), saved for the backward.
-def _inbatch_cpu(q: Tensor, keys: Tensor, offset: int, temperature: float):
-    _check_args(q, keys, offset, temperature)
-    with torch.autocast("cpu", enabled=False):
-        return _forward_chunked(q, keys, offset, temperature)
-
-
-def _inbatch_cuda(q: Tensor, keys: Tensor, offset: int, temperature: float):
-    _check_args(q, keys, offset, temperature)
-    if _use_triton(q):
-        from fastmoco.kernels.infonce import inbatch_forward
-
-        return inbatch_forward(q, keys, offset, temperature)
-    with torch.autocast("cuda", enabled=False):
-        return _forward_chunked(q, keys, offset, temperature)
+_inbatch_cpu, _inbatch_cuda = device_kernels(_check_args, _forward_chunked, "inbatch_forward")
 
 
 def _inbatch_fake(q, keys, offset, temperature):
@@ -105,9 +92,6 @@ def _backward(ctx, g_loss, _g_w):
 torch.library.register_autograd(_library.qualname("infonce_inbatch"), _backward, setup_context=_setup_context,
                                 lib=_library.LIBRARY)
 
-_REDUCTIONS = ("mean", "sum", "none")
-
-
 def infonce_inbatch(q: Tensor, keys: Tensor, offset: int = 0, temperature: float = 1.0,
                     reduction: str = "mean") -> Tensor:
     """Cross-entropy of q @ keys.T / T against labels arange(N) + offset, without the (N, M) logits.
@@ -116,26 +100,16 @@ def infonce_inbatch(q: Tensor, keys: Tensor, offset: int = 0, temperature: float
     reduction="none", in q's dtype (accumulation is fp32).
     """
     _check_args(q, keys, offset, temperature)  # here too, so errors name the arguments before dispatch
-    temperature = float(temperature)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    rows = torch.ops.fastmoco.infonce_inbatch(q, keys.detach(), offset, temperature)[0]  # (N,) fp32
-    out = rows.mean() if reduction == "mean" else rows.sum() if reduction == "sum" else rows
-    return out.to(q.dtype)
+    check_reduction(reduction)
+    rows = torch.ops.fastmoco.infonce_inbatch(q, keys.detach(), offset, float(temperature))[0]  # (N,) fp32
+    return reduce(rows, reduction, q.dtype)
 
 
-class InfoNCEInBatch(torch.nn.Module):
+class InfoNCEInBatch(TemperatureLoss):
     """``nn.Module`` form of :func:`infonce_inbatch`: ``loss = InfoNCEInBatch(0.2)(q, keys, offset)``."""
 
     def __init__(self, temperature: float = 1.0, reduction: str = "mean"):
-        super().__init__()
-        self.temperature = _checks.number_in("temperature", temperature, 0.0, float("inf"), lo_open=True)
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.reduction = reduction
+        super().__init__(temperature, reduction)
 
     def forward(self, q: Tensor, keys: Tensor, offset: int = 0) -> Tensor:
         return infonce_inbatch(q, keys, offset, self.temperature, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"

@@ -1,6 +1,5 @@
 """``ops.infonce_inbatch``: in-batch InfoNCE (MoCo v3), row i's positive at keys[offset + i]: values and gradients
 against float64 cross-entropy over the full logits, exact values, opcheck, torch.compile, errors, CUDA."""
-import importlib
 import math
 
 import pytest
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from conftest import DTYPE_TOLS, cuda_only
 from fastmoco import ops
 
-infonce_mod = importlib.import_module("fastmoco.ops.infonce")  # holds the chunk size both CPU paths stream with
+from test_infonce import chunk  # noqa: F401  (fixture: one chunk, or many; both CPU paths stream with it)
 
 # (N, C, M, offset): N=1, C not a power of two, M odd, the positives at the start, the middle, the end of the keys
 SHAPES = [(1, 8, 17, 0), (1, 8, 17, 16), (5, 130, 17, 6), (16, 128, 64, 48), (33, 64, 257, 100)]
@@ -25,13 +24,6 @@ def _inputs(N, C, M, dtype, scale=1.0, device="cpu"):
 def _reference64(q, keys, offset, T, reduction):
     q64 = q.detach().double().requires_grad_()
     return ops.infonce_inbatch_reference(q64, keys.double(), offset, T, reduction), q64
-
-
-@pytest.fixture(params=[None, 64], ids=["one-chunk", "many-chunks"])
-def chunk(request, monkeypatch):
-    if request.param:  # force the online log-sum-exp across several key chunks
-        monkeypatch.setattr(infonce_mod, "CHUNK_ELEMS", request.param)
-    return request.param
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPE_TOLS)
