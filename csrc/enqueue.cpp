@@ -25,7 +25,9 @@ void enqueue_cpu(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastmoco native compute functions (the ops are fastmoco.ops)";
   m.def("enqueue_cpu", &fastmoco::enqueue_cpu, "ring-buffer write of keys into queue at ptr (CPU)");
-  m.def("ema_cpu", &fastmoco::ema_cpu, "dst_i <- m dst_i + (1 - m) src_i (CPU)");
+  m.def("ema_cpu", &fastmoco::ema_cpu, "dst_i <- m dst_i + (1 - m) src_i (CPU); false, writing nothing, if a pair "
+        "does not fit");
+  m.def("ema_pairs_ok", &fastmoco::ema_pairs_ok, "whether every (dst, src) pair fits ema_ (metadata only)");
 #ifdef FASTMOCO_WITH_CUDA
   m.def("enqueue_cuda", &fastmoco::enqueue_cuda, "ring-buffer write, pointer read on the device (CUDA)");
 #endif

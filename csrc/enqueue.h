@@ -17,7 +17,8 @@ inline void guard_enqueue_args(const at::Tensor& queue, const at::Tensor& ptr, c
 }
 
 void enqueue_cpu(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys);
-void ema_cpu(std::vector<at::Tensor> dst, std::vector<at::Tensor> src, double momentum);
+bool ema_pairs_ok(const std::vector<at::Tensor>& dst, const std::vector<at::Tensor>& src);
+bool ema_cpu(std::vector<at::Tensor> dst, std::vector<at::Tensor> src, double momentum);
 #ifdef FASTMOCO_WITH_CUDA
 void enqueue_cuda(at::Tensor queue, at::Tensor ptr, const at::Tensor& keys);
 #endif

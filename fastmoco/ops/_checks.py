@@ -36,3 +36,17 @@ def number_in(name: str, x, lo: float, hi: float, lo_open: bool = False) -> floa
         bounds = f"{'(' if lo_open else '['}{lo}, {hi}]"
         raise ValueError(f"{name} must be in {bounds}, got {x}")
     return float(x)
+
+
+def schema_types(**args) -> None:
+    """What an op's schema would refuse in the dispatcher's words (a non-tensor, a non-number, a non-int
+    offset), refused here in ours; the public functions run only this, their op's kernel the full check (once
+    per call: measured ~2.4 us of ~140 us for a tiny infonce forward and backward)."""
+    for name, x in args.items():
+        if name == "temperature":
+            number_in(name, x, 0.0, float("inf"), lo_open=True)
+        elif name == "offset":
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise TypeError(f"offset must be a Python int, got {type(x).__name__}")
+        else:
+            tensor(name, x)

@@ -53,4 +53,7 @@ def enqueue_(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
     """
     if isinstance(keys, Tensor) and isinstance(queue, Tensor) and keys.is_floating_point():
         keys = keys.detach().to(queue.dtype)  # e.g. bf16 keys from autocast into an fp32 queue
-    torch.ops.fastmoco.enqueue_(queue, ptr, keys)
+    if isinstance(queue, Tensor):  # eager: the device's kernel directly (_library.call_in_place)
+        _library.call_in_place("enqueue_", queue.device, queue, ptr, keys)
+    else:
+        torch.ops.fastmoco.enqueue_(queue, ptr, keys)

@@ -174,7 +174,7 @@ def infonce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.07, redu
     q, k: (N, C); queue: (K, C), one negative key per row, treated as a constant. Returns a scalar, or (N,) for
     reduction="none", in q's dtype (accumulation is fp32).
     """
-    _check_args(q, k, queue, temperature)  # here too, so errors name the arguments before dispatch
+    _checks.schema_types(q=q, k=k, queue=queue, temperature=temperature)  # the full check: in the kernel
     check_reduction(reduction)
     rows = torch.ops.fastmoco.infonce(q, k, queue.detach(), float(temperature))[0]  # (N,) fp32
     return reduce(rows, reduction, q.dtype)

@@ -99,7 +99,7 @@ def infonce_inbatch(q: Tensor, keys: Tensor, offset: int = 0, temperature: float
     q: (N, C); keys: (M, C), M >= N + offset, a constant (no gradient). Returns a scalar, or (N,) for
     reduction="none", in q's dtype (accumulation is fp32).
     """
-    _check_args(q, keys, offset, temperature)  # here too, so errors name the arguments before dispatch
+    _checks.schema_types(q=q, keys=keys, offset=offset, temperature=temperature)  # the full check: in the kernel
     check_reduction(reduction)
     rows = torch.ops.fastmoco.infonce_inbatch(q, keys.detach(), offset, float(temperature))[0]  # (N,) fp32
     return reduce(rows, reduction, q.dtype)

@@ -85,6 +85,85 @@ def test_bad_inputs(dst, src, momentum, err, match):
     with pytest.raises(err, match=match):
         ops.ema_(dst, src, momentum)
     assert all(torch.equal(a, b) for a, b in zip(dst, before))
+    with pytest.raises(err, match=match):  # through the dispatcher (compiled code, modes): the same message
+        torch.ops.fastmoco.ema_(dst, src, momentum)
+    assert all(torch.equal(a, b) for a, b in zip(dst, before))
+
+
+def test_a_non_tensor_element_is_named():
+    with pytest.raises(TypeError, match=r"src\[1\] must be a torch.Tensor"):
+        ops.ema_([torch.zeros(2), torch.zeros(2)], [torch.zeros(2), [0.0, 0.0]], 0.9)
+
+
+def _python_checks():
+    from fastmoco.ops import ema as ema_mod
+    return ema_mod.CHECKS["python"]
+
+
+def test_good_calls_never_run_the_python_check_and_a_bad_one_runs_it_once():
+    dst, src = _pairs(torch.float32)
+    before = _python_checks()
+    for _ in range(3):
+        ops.ema_(dst, src, 0.9)
+    assert _python_checks() == before  # the C++ pass alone said yes
+    with pytest.raises(ValueError, match="shape mismatch at index 1"):
+        ops.ema_(dst, [src[0], torch.zeros(2), *src[2:]], 0.9)
+    assert _python_checks() == before + 1
+
+
+def test_a_training_step_runs_the_python_check_zero_times():
+    from fastmoco.models import MoCo
+    from fastmoco.train import TrainConfig
+    from fastmoco.train.distributed import ProcessGroup
+    from fastmoco.train.step import MocoStep
+
+    cfg = TrainConfig(width=4, K=32, batch_size=8, bn_splits=2, dim=16).resolved().for_runtime("cpu", 1)
+    model = MoCo.from_config(cfg, 1)
+    step = MocoStep(model, torch.optim.SGD(model.encoder_q.parameters(), lr=0.1), cfg, ProcessGroup())
+    views = [(torch.randn(8, 1, 32, 32), torch.randn(8, 1, 32, 32))]
+    step(views, 0.99)
+    before = _python_checks()
+    for _ in range(2):
+        step(views, 0.99)
+    assert _python_checks() == before
+
+
+def test_a_list_changed_after_a_good_call_is_still_checked_and_nothing_is_written():
+    """Nothing is remembered between calls: a parameter whose tensor was swapped for another shape or dtype (as
+    module.to() and .data assignments do) is caught on the next call."""
+    dst, src = _pairs(torch.float32)
+    ops.ema_(dst, src, 0.9)
+    for change, err, match in ((lambda: setattr(src[3], "data", torch.zeros(2)), ValueError, "shape mismatch at index 3"),
+                               (lambda: setattr(dst[2], "data", dst[2].data.double()), TypeError, "dtype mismatch")):
+        fresh = _pairs(torch.float32)
+        dst, src = fresh
+        ops.ema_(dst, src, 0.9)
+        change()
+        before = [d.clone() for d in dst]
+        with pytest.raises(err, match=match):
+            ops.ema_(dst, src, 0.9)
+        assert all(torch.equal(a, b) for a, b in zip(dst, before))
+
+
+def test_a_dispatch_mode_sees_the_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    dst, src = _pairs(torch.float32)
+    expect = [0.5 * d + 0.5 * s for d, s in zip(dst, src)]
+    with Seen() as mode:
+        ops.ema_(dst, src, 0.5)
+    assert "fastmoco.ema_.default" in mode.ops  # eager calls skip the dispatcher only outside modes
+    for d, e in zip(dst, expect):
+        torch.testing.assert_close(d, e)
 
 
 @cuda_only
