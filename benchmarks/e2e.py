@@ -186,7 +186,7 @@ def config(args, device) -> TrainConfig:
     if args.gpu_resnet50:
         kw.update(arch="resnet50", width=64, stem="imagenet", image_size=224, batch_size=256, K=65536, amp=True,
                   channels_last=True, compile=True, preset="v2")
-    for name in ("arch", "width", "stem", "image_size", "batch_size", "K", "compile", "subset"):
+    for name in ("arch", "width", "stem", "image_size", "batch_size", "K", "compile", "subset", "compile_mode"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     return TrainConfig(**kw).resolved().for_runtime(device.type, 1)
@@ -202,6 +202,8 @@ def main(argv=None):
                       ("K", int), ("subset", int)):
         p.add_argument("--" + name.replace("_", "-"), type=typ)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile-mode", choices=["default", "max-autotune", "reduce-overhead"], default=None,
+                   help="reduce-overhead: CUDA graphs (the step's host time is what it removes)")
     p.add_argument("--skip-official", action="store_true")
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="N random 3-channel uint8 images (256 px, 1.2x the crop for --gpu-resnet50) instead of a dataset")
@@ -211,7 +213,8 @@ def main(argv=None):
     device = torch.device(args.device)
     cfg = config(args, device)
     print(f"model {cfg.arch} width {cfg.width} stem {cfg.stem}, {cfg.image_size or 'native'} px, batch "
-          f"{cfg.batch_size}, K {cfg.K}, amp {cfg.amp}, channels_last {cfg.channels_last}, compile {cfg.compile}, "
+          f"{cfg.batch_size}, K {cfg.K}, amp {cfg.amp}, channels_last {cfg.channels_last}, compile {cfg.compile} "
+          f"({cfg.compile_mode}), "
           f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     rows, t_warm = measure(cfg, device, args.steps, args.warmup, args.skip_official)
     print(f"warm-up of the train step ({args.warmup} steps{', compile included' if cfg.compile else ''}): "

@@ -2,7 +2,8 @@
 # GPU check for an H100/H200 machine (torch 2.11, triton 3.6, nvcc, no internet, no DALI).
 # Builds the package with the CUDA enqueue kernel, runs the CUDA tests and the op benchmarks, and writes
 # everything to $OUT (default ./gpu_out). Budget: ~8 minutes on an H200 (build ~2.5 min, tests ~1 min,
-# op benchmarks ~2 min, the autotuned InfoNCE ~0.5 min, the end-to-end ResNet-50 step ~2 min; not yet timed on one). Run from the repository root:
+# op benchmarks ~2 min, the autotuned InfoNCE ~0.5 min, the end-to-end ResNet-50 step ~2 min, the small step
+# with and without CUDA graphs ~1.5 min; not yet timed on one). Run from the repository root:
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -25,7 +26,8 @@ python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log"
 python3 -c "import fastmoco.ops as o; print('native:', o.native_available())" | tee -a "$OUT/env.txt"
 
 # CUDA tests (the CPU suite runs in CI); TRITON_INTERPRET must stay unset here so the real kernels run
-TRITON_INTERPRET=0 python3 -m pytest -q tests/ops tests/train -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
+# (-s: the reduce-overhead test prints which graphs inductor did not capture)
+TRITON_INTERPRET=0 python3 -m pytest -q -s tests/ops tests/train -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
 
 # the op benchmarks, the in-batch InfoNCE (MoCo v3) at N=512/M=4096 and N=4096/M=32768 bf16 among them
 python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \
@@ -40,3 +42,11 @@ FASTMOCO_AUTOTUNE=1 python3 -m pytest -q benchmarks/test_bench_infonce.py --benc
 # dataset there); the compile time is printed separately from the steady-state pairs/s
 python3 benchmarks/e2e.py --gpu-resnet50 --synthetic 4096 --steps 40 --warmup 5 --skip-official 2>&1 \
   | tee "$OUT/e2e_resnet50.txt"
+
+# host overhead of the CUDA step: a small, host-bound step (the default ResNet-10 w16 at 36 px, batch 128,
+# synthetic images) compiled without and with CUDA graphs (--compile-mode reduce-overhead); the difference in
+# ms per step is the Python and launch time the graphs remove
+for mode in default reduce-overhead; do
+  python3 benchmarks/e2e.py --synthetic 4096 --steps 100 --warmup 10 --skip-official --compile \
+    --compile-mode "$mode" 2>&1 | tee "$OUT/e2e_small_$mode.txt"
+done
