@@ -97,8 +97,11 @@ class TrainConfig:
     lr: float = field(default=0.06, metadata=dict(help="SGD learning rate (for the global batch, see lr_ref_batch)"))
     lr_ref_batch: int = field(default=0, metadata=dict(
         help="linear scaling: lr is meant for this global batch and is scaled by global/lr_ref_batch (0 = off)"))
-    sgd_momentum: float = field(default=0.9, metadata=dict(help="SGD momentum"))
-    weight_decay: float = field(default=5e-4, metadata=dict(help="SGD weight decay"))
+    optimizer: str = field(default="sgd", metadata=dict(
+        help="sgd | lars (large batches: per-tensor trust ratio 0.001, biases and BN parameters excluded from it "
+             "and from weight decay, as MoCo v3 trains ResNets)"))
+    sgd_momentum: float = field(default=0.9, metadata=dict(help="momentum (SGD or LARS)"))
+    weight_decay: float = field(default=5e-4, metadata=dict(help="weight decay (LARS: weights only)"))
     warmup_epochs: float = field(default=0.0, metadata=dict(help="linear LR warm-up, in epochs"))
     schedule: Optional[str] = field(default=None, metadata=dict(help="cosine | step (preset)"))
     lr_steps: str = field(default="0.6,0.8", metadata=dict(help="step schedule: fractions of training at which lr *= 0.1"))
@@ -169,6 +172,8 @@ class TrainConfig:
         from fastmoco.data import LOADERS
         from fastmoco.models import ARCHS, STEMS
 
+        from .optim import OPTIMIZERS
+
         def need(ok: bool, msg: str):
             if not ok:
                 raise ConfigError(msg)
@@ -183,6 +188,7 @@ class TrainConfig:
         need(self.schedule in ("cosine", "step"), f"unknown schedule {self.schedule!r}; choose cosine or step")
         need(self.m_schedule in ("const", "cosine"), f"unknown m_schedule {self.m_schedule!r}; choose const or cosine")
         need(self.ops in ("fused", "reference"), f"unknown ops {self.ops!r}; choose fused or reference")
+        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
         need(self.amp_dtype in ("bf16", "fp16"), f"unknown amp_dtype {self.amp_dtype!r}; choose bf16 or fp16")
         need(0.0 <= self.m <= 1.0, f"m must be in [0, 1], got {self.m}")
         need(self.T > 0, f"T must be > 0, got {self.T}")
@@ -275,7 +281,7 @@ class TrainConfig:
 # may change on resume (lr, epochs, schedules, monitor, speed options, process count); the change takes effect
 # everywhere, the schedules included (they run on epoch progress), and is logged.
 FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", "arch", "width", "stem", "head", "dim", "K", "batch_size",
-                   "symmetric")
+                   "symmetric", "optimizer")
 NOT_COMPARED = ("resume", "overwrite")
 
 

@@ -23,6 +23,7 @@ from . import distributed, preflight
 from .config import ConfigError, TrainConfig, resume_changes
 from fastmoco.evaluate.knn import knn_accuracy
 from .metrics import Metrics
+from .optim import build_optimizer
 from .schedules import lr_factor, momentum_at
 from .checkpoint import checkpoint_path
 from .export import init_backbone
@@ -80,8 +81,7 @@ class Trainer:
         self.pg.agree_on(self._data_facts(), "the training data")
         self.base_lr = cfg.lr_for(self.pg.world)
         self.milestones = cfg.milestones()
-        self.optimizer = torch.optim.SGD(self.model.encoder_q.parameters(), lr=self.base_lr,
-                                         momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, self.model.encoder_q.parameters(), self.base_lr)
         self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
         self.pos = Position()
         if resume_path:  # every rank loads the same file, before DDP's first step
