@@ -248,12 +248,13 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
     the views and ``.notice`` is a line for the log (or None)."""
     in_memory = is_fmnist_dir(cfg.data)
     loader, notice = choose_loader(cfg.loader, in_memory)
-    data = _build(cfg, device, rank, world, loader, in_memory)
-    data.notice = "; ".join(n for n in (notice, getattr(data, "val_note", None)) if n) or None
+    data, val_note = _build(cfg, device, rank, world, loader, in_memory)
+    data.notice = "; ".join(n for n in (notice, val_note) if n) or None
     return data
 
 
 def _build(cfg, device, rank, world, loader, in_memory):
+    """(the source, a note on what --val evaluates when it lacks some training classes, or None)."""
     if in_memory:
         if cfg.val:  # its monitor scores Fashion-MNIST's own test set; a folder of RGB images would not fit it
             raise DataError(f"--val {cfg.val}: training on Fashion-MNIST, the kNN monitor uses its own test set; "
@@ -263,12 +264,11 @@ def _build(cfg, device, rank, world, loader, in_memory):
         test_images, test_labels = load_fmnist(cfg.data, train=False)
         if cfg.subset:
             images, labels = images[:cfg.subset], labels[:cfg.subset]
-        return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world, loader)
+        return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world, loader), None
     train_ds = image_folder(cfg.data)
     if cfg.subset:
         train_ds.samples = train_ds.imgs = train_ds.samples[:cfg.subset]
         train_ds.targets = train_ds.targets[:cfg.subset]
     val_ds = image_folder(cfg.val) if cfg.val else None
-    data = FolderData(cfg, device, train_ds, val_ds, rank, world, loader)
-    data.val_note = align_classes(train_ds, val_ds) if val_ds is not None else None  # labels by class name
-    return data
+    val_note = align_classes(train_ds, val_ds) if val_ds is not None else None  # labels by class name
+    return FolderData(cfg, device, train_ds, val_ds, rank, world, loader), val_note

@@ -29,6 +29,11 @@ def same(what: str, names, values) -> None:
         raise (TypeError if what == "dtype" else ValueError)(f"{what} mismatch: {listed}")
 
 
+def python_int(name: str, x) -> None:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{name} must be a Python int, got {type(x).__name__}")
+
+
 def number_in(name: str, x, lo: float, hi: float, lo_open: bool = False) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise TypeError(f"{name} must be a Python number, got {type(x).__name__}")
@@ -46,7 +51,6 @@ def schema_types(**args) -> None:
         if name == "temperature":
             number_in(name, x, 0.0, float("inf"), lo_open=True)
         elif name == "offset":
-            if isinstance(x, bool) or not isinstance(x, int):
-                raise TypeError(f"offset must be a Python int, got {type(x).__name__}")
+            python_int(name, x)
         else:
             tensor(name, x)

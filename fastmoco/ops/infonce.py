@@ -63,7 +63,8 @@ def _use_triton(q: Tensor) -> bool:
 
 
 def _check_args(q, k, queue, temperature) -> None:
-    """Every check of the op's arguments: the public function, each kernel and the fake kernel run it."""
+    """Every check of the op's arguments: each kernel and the fake kernel run it (the public function only
+    ``_checks.schema_types``, so a call is checked once)."""
     for name, x in (("q", q), ("k", k), ("queue", queue)):
         _checks.tensor(name, x)
     _checks.rank("q", q, 2, "(N, C)")

@@ -36,7 +36,8 @@ def _forward_chunked(q: Tensor, keys: Tensor, offset: int, temperature: float):
 
 
 def _check_args(q, keys, offset, temperature) -> None:
-    """Every check of the op's arguments: the public function, each kernel and the fake kernel run it."""
+    """Every check of the op's arguments: each kernel and the fake kernel run it (the public function only
+    ``_checks.schema_types``, so a call is checked once)."""
     for name, x in (("q", q), ("keys", keys)):
         _checks.tensor(name, x)
     _checks.rank("q", q, 2, "(N, C)")
@@ -49,8 +50,7 @@ def _check_args(q, keys, offset, temperature) -> None:
         raise ValueError(f"keys has C={keys.shape[1]} columns but q has C={q.shape[1]}")
     if q.shape[0] == 0:
         raise ValueError("need N >= 1 query rows, got 0")
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be a Python int, got {type(offset).__name__}")
+    _checks.python_int("offset", offset)
     if not 0 <= offset <= keys.shape[0] - q.shape[0]:
         raise ValueError(f"offset must be in [0, M - N] = [0, {keys.shape[0] - q.shape[0]}] so that every row's "
                          f"positive keys[offset + i] exists (N={q.shape[0]}, M={keys.shape[0]}), got {offset}")
