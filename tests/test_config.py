@@ -36,7 +36,7 @@ def test_yaml_then_flags_precedence_and_round_trip(tmp_path):
     (["--lr", "-1"], "lr must be > 0"),
     (["--K", "0"], "K .queue size. must be >= 1"),
     (["--arch", "vgg11"], "unknown arch 'vgg11'"),
-    (["--preset", "v3"], "unknown preset 'v3'"),
+    (["--preset", "v4"], "unknown preset 'v4'"),
     (["--batch-size", "100", "--bn-splits", "8"], "divisible by bn_splits"),
     (["--m", "1.5"], r"m must be in \[0, 1\]"),
     (["--lr-steps", "0.5,x"], "lr_steps"),

@@ -33,15 +33,22 @@ def _official(tmp_path, arch="resnet50", version="v2", dim=128, K=1024, prefix="
     else:  # v3: projector with BatchNorm (Linear, BN, ReLU, Linear, BN)
         head = {"fc.0.weight": torch.randn(4096, feat), "fc.1.weight": torch.ones(4096), "fc.1.bias": torch.zeros(4096),
                 "fc.1.running_mean": torch.zeros(4096), "fc.1.running_var": torch.ones(4096),
-                "fc.3.weight": torch.randn(256, 4096)}
+                "fc.1.num_batches_tracked": torch.tensor(0), "fc.3.weight": torch.randn(256, 4096),
+                "fc.4.running_mean": torch.zeros(256), "fc.4.running_var": torch.ones(256),
+                "fc.4.num_batches_tracked": torch.tensor(0)}
     sd.update({f"{prefix}{base}{k}": v for k, v in head.items()})
     if version != "v3":
         sd.update({f"{prefix}encoder_k.{k}": v.clone() for k, v in net.state_dict().items() if not k.startswith("fc.")})
         sd[f"{prefix}queue"] = torch.randn(dim, K)
         sd[f"{prefix}queue_ptr"] = torch.zeros(1, dtype=torch.long)
-    else:
-        sd.update({f"{prefix}momentum_encoder.{k}": v.clone() for k, v in net.state_dict().items()})
-        sd[f"{prefix}predictor.0.weight"] = torch.randn(4096, 256)
+    else:  # the momentum encoder (backbone + projector) and the predictor (Linear, BN, ReLU, Linear)
+        sd.update({f"{prefix}momentum_encoder.{k}": v.clone() for k, v in net.state_dict().items()
+                   if not k.startswith("fc.")})
+        sd.update({f"{prefix}momentum_encoder.{k}": v.clone() for k, v in head.items()})
+        predictor = {"0.weight": torch.randn(4096, 256), "1.weight": torch.ones(4096), "1.bias": torch.zeros(4096),
+                     "1.running_mean": torch.zeros(4096), "1.running_var": torch.ones(4096),
+                     "1.num_batches_tracked": torch.tensor(0), "3.weight": torch.randn(256, 4096)}
+        sd.update({f"{prefix}predictor.{k}": v for k, v in predictor.items()})
     path = tmp_path / name
     torch.save({"epoch": 200, "arch": arch, "state_dict": sd, "optimizer": {}}, path)
     net.fc = torch.nn.Identity()
@@ -54,7 +61,8 @@ def test_import_then_torchvision_export_gives_the_same_backbone(tmp_path, arch, 
     path, net = _official(tmp_path, arch, version, prefix=prefix)
     summary = import_official(path, str(tmp_path / "run"))
     assert summary["arch"] == arch and summary["width"] == 64 and summary["stem"] == "imagenet"
-    assert summary["head"] == {"v1": "linear", "v2": "mlp", "v3": "not imported"}[version]
+    assert summary["head"] == {"v1": "linear", "v2": "mlp", "v3": "projector + predictor + momentum encoder (epoch "
+                                                                  "200)"}[version]
     backbone, cfg, meta = load_backbone(str(tmp_path / "run"))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

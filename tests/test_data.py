@@ -2,6 +2,7 @@ import gzip
 import os
 import struct
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -157,3 +158,32 @@ def test_undecodable_images_during_the_run_are_replaced_and_counted(tmp_path):
         batches = list(data.epoch(0))
     (v1, v2), = batches
     assert v1.shape == v2.shape == (9, 3, 16, 16) and torch.isfinite(v1).all()
+
+
+def test_v3_views_are_asymmetric_blur_and_solarize():
+    from torchvision.transforms import v2 as T
+
+    from fastmoco.data.view_params import ViewSpec, draw
+
+    x = torch.full((2000, 1, 8, 8), 230, dtype=torch.uint8)  # bright and flat: solarized -> dark, blur changes nothing
+    g = torch.Generator().manual_seed(0)
+    kw = dict(min_scale=1.0, jitter=0.0)
+    mean, std = (0.0,), (1.0,)
+    v1 = BatchAugment("v3", 8, mean, std, view=0, **kw)(x, g)
+    v2 = BatchAugment("v3", 8, mean, std, view=1, **kw)(x, torch.Generator().manual_seed(0))
+    dark = (v2.mean(dim=(1, 2, 3)) < 0.5).float().mean().item()
+    assert (v1 < 0.5).sum() == 0 and 0.17 < dark < 0.23  # solarize p=0.2 on view 2 only
+    assert (BatchAugment("v3", 8, mean, std).blur_p, BatchAugment("v3", 8, mean, std, view=1).blur_p) == (1.0, 0.1)
+    for recipe in ("v1", "v2"):  # the second view of the queue recipes is the first one's, draw for draw
+        a = BatchAugment(recipe, 8, mean, std)(x[:64], torch.Generator().manual_seed(3))
+        b = BatchAugment(recipe, 8, mean, std, view=1)(x[:64], torch.Generator().manual_seed(3))
+        assert torch.equal(a, b)
+    per_sample = [view_transform("v3", 16, 3, (0.5,) * 3, (0.25,) * 3, view=v) for v in (0, 1)]
+    assert [any(isinstance(t, T.RandomSolarize) for t in p.transforms) for p in per_sample] == [False, True]
+    hw = np.array([[32, 32]] * 4000)
+    specs = [ViewSpec("v3", 16, 3, (0.5,) * 3, (0.25,) * 3, 0.2, 0.4, 0.1, 0.0, view=v) for v in (0, 1)]
+    d1, d2 = (draw(np.random.default_rng(0), hw, s) for s in specs)
+    assert "solarize" not in d1 and 0.18 < d2["solarize"].mean() < 0.22
+    assert d1["blur"].all() and 0.08 < d2["blur"].mean() < 0.12
+    v2spec = ViewSpec("v2", 16, 3, (0.5,) * 3, (0.25,) * 3, 0.2, 0.4, 0.1, 0.0, view=1)
+    assert "solarize" not in draw(np.random.default_rng(0), hw, v2spec)

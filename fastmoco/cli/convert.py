@@ -4,6 +4,8 @@
   fastmoco-convert import CKPT backbone.pth       ... or only the backbone (torchvision key names)
   fastmoco-convert torchvision RUN_DIR out.pth    a torchvision ResNet state_dict (everything but fc)
   fastmoco-convert detectron2 RUN_DIR out.pkl     detectron2 weights (the official MoCo conversion's key names)
+  fastmoco-convert moco-v3 RUN_DIR out.pth.tar    a v3 run in the original MoCo v3 layout (its main_lincls.py
+                                                  --pretrained reads it)
 """
 import argparse
 
@@ -11,7 +13,7 @@ from fastmoco.cli import run_cli
 
 
 def _convert(argv):
-    from fastmoco.convert import import_official, to_detectron2, to_torchvision
+    from fastmoco.convert import export_v3, import_official, to_detectron2, to_torchvision
 
     p = argparse.ArgumentParser(prog="fastmoco-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -19,7 +21,8 @@ def _convert(argv):
     imp = sub.add_parser("import", help="official MoCo checkpoint -> fastmoco run directory (or backbone .pt/.pth)")
     imp.add_argument("checkpoint")
     imp.add_argument("out", help="run directory to create, or a .pt/.pth file for the backbone alone")
-    for name, what in (("torchvision", "torchvision ResNet state_dict (.pth)"), ("detectron2", "detectron2 .pkl")):
+    for name, what in (("torchvision", "torchvision ResNet state_dict (.pth)"), ("detectron2", "detectron2 .pkl"),
+                       ("moco-v3", "the original MoCo v3 checkpoint layout (v3 runs)")):
         exp = sub.add_parser(name, help=f"a run's backbone -> {what}")
         exp.add_argument("run_dir", help="a fastmoco run directory (trained or imported)")
         exp.add_argument("out")
@@ -29,7 +32,8 @@ def _convert(argv):
         print(f"{summary['format']}: {summary['arch']} width {summary['width']}, {summary['stem']} stem, "
               f"head {summary['head']} -> {args.out}")
     else:
-        print((to_torchvision if args.command == "torchvision" else to_detectron2)(args.run_dir, args.out))
+        export = {"torchvision": to_torchvision, "detectron2": to_detectron2, "moco-v3": export_v3}[args.command]
+        print(export(args.run_dir, args.out))
 
 
 def main(argv=None) -> int:

@@ -3,8 +3,10 @@
 Layouts read (``state_dict`` inside the file, or the file itself being a state_dict):
 - MoCo v1/v2 (``main_moco.py``): ``module.encoder_q.<resnet keys>``; the head is ``fc`` (v1, a linear layer) or
   ``fc.0``/``fc.2`` (v2, Linear-ReLU-Linear); ``module.encoder_k.*`` and ``module.queue`` (dim x K) beside them.
-- MoCo v3 ResNet (``main_moco.py`` of v3): ``module.base_encoder.<resnet keys>``; its ``fc`` is a projector with
-  BatchNorm layers, which fastmoco's heads do not have: only the backbone is imported.
+- MoCo v3 ResNet (``main_moco.py`` of v3): ``module.base_encoder.<resnet keys>`` with the projector as its ``fc``,
+  ``module.momentum_encoder.*``, ``module.predictor.*``: imported in full into a v3 run that ``--resume``
+  continues (``official_v3.py``); a file with the base encoder alone (as ``main_lincls.py`` reads) gives its
+  backbone.
 A single-GPU save without the ``module.`` prefix is read too. The architecture (block type and depth), base width,
 stem and input channels are read from the tensors' names and shapes.
 """
@@ -26,9 +28,10 @@ class ConvertError(ValueError):
     """A checkpoint that cannot be converted; the CLI prints it as one line."""
 
 
-def read_state_dict(path: str) -> dict:
+def read_state_dict(path: str, obj: dict | None = None) -> dict:
     """The state_dict a checkpoint file holds (under ``state_dict`` / ``model``, or the file itself)."""
-    obj = read_weights(path, ConvertError)  # a download: tensors and plain containers only
+    if obj is None:
+        obj = read_weights(path, ConvertError)  # a download: tensors and plain containers only
     for key in ("state_dict", "model"):
         if isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -47,6 +50,8 @@ def split_official(sd: dict, path: str) -> tuple[str, dict, dict]:
                 cut = len(outer + prefix)
                 own = {k[cut:]: sd[k] for k in keys}
                 backbone = {k: v for k, v in own.items() if not k.startswith("fc.")}
+                if prefix == "base_encoder.":  # its fc is v3's projector, BN inside: not a v1/v2 head
+                    return name, backbone, {}
                 head = {k[len("fc."):]: v for k, v in own.items() if k.startswith("fc.")}
                 return name, backbone, head
     raise ConvertError(f"{path}: unrecognised checkpoint, e.g. key {next(iter(sd))!r} is neither "
@@ -91,7 +96,13 @@ def check_queue(queue, dim: int | None, path: str) -> None:
 def import_official(path: str, out: str) -> dict:
     """Writes OUT as a fastmoco run directory (``last.pt`` + ``config.yaml``), or, when OUT ends in .pt/.pth,
     only the backbone's state_dict with torchvision names. Returns a summary of what was read."""
-    sd = read_state_dict(path)
+    from .official_v3 import has_full_v3, import_v3
+
+    obj = read_weights(path, ConvertError)
+    sd = read_state_dict(path, obj)
+    if has_full_v3(sd) and not out.endswith((".pt", ".pth")):
+        epoch = obj.get("epoch", 0)
+        return import_v3(sd, path, out, epoch if isinstance(epoch, int) and epoch >= 0 else 0)
     fmt, backbone_sd, head_sd = split_official(sd, path)
     shape = infer_backbone(backbone_sd)
     backbone = build_backbone(shape["arch"], shape["width"], shape["stem"], shape["in_channels"])

@@ -38,9 +38,10 @@ __all__ = ["DataError", "build_data", "load_fmnist", "image_folder", "BatchAugme
 def _dali_epochs(cfg, device, size, small_size, channels, mean, std, strength, hue, erase_p) -> "dali.DaliEpochs":
     """The DALI runner of a source: two views of the recipe, plus ``cfg.small_crops`` small ones."""
     lo, hi = cfg.small_crop_range()
-    spec = dali.ViewSpec(cfg.aug, size, channels, mean, std, cfg.crop_min_scale, strength, hue, erase_p)
+    specs = [dali.ViewSpec(cfg.aug, size, channels, mean, std, cfg.crop_min_scale, strength, hue, erase_p, view=v)
+             for v in (0, 1)]  # v3's two views differ (blur, solarize)
     small = dali.ViewSpec(cfg.aug, small_size, channels, mean, std, lo, strength, hue, erase_p, max_scale=hi)
-    return dali.DaliEpochs(spec, cfg.batch_size, device, cfg.workers, small, cfg.small_crops)
+    return dali.DaliEpochs(specs, cfg.batch_size, device, cfg.workers, small, cfg.small_crops)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -102,8 +103,8 @@ class TensorData(_Sharded):
         self.in_channels = images.shape[1]
         self.image_size = cfg.image_size or images.shape[-1]
         self.mean, self.std = FMNIST_MEAN, FMNIST_STD
-        self.augment = BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale, cfg.jitter,
-                                    cfg.erase_p).to(device)
+        self.augments = [BatchAugment(cfg.aug, self.image_size, self.mean, self.std, cfg.crop_min_scale, cfg.jitter,
+                                      cfg.erase_p, view=v).to(device) for v in (0, 1)]  # v3's views differ
         self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
         lo, hi = cfg.small_crop_range()
         self.small_augment = BatchAugment(cfg.aug, self.small_size, self.mean, self.std, lo, cfg.jitter, cfg.erase_p,
@@ -123,7 +124,7 @@ class TensorData(_Sharded):
         for start, idx in self.plan(epoch, skip, self.images.device):
             x = self.images[idx]  # (B, 1, 28, 28) uint8, on the images' device
             g = torch.Generator(self.device).manual_seed(_batch_seed(self.seed, epoch, start))
-            views = (self.augment(x, g), self.augment(x, g))
+            views = (self.augments[0](x, g), self.augments[1](x, g))
             if self.small_crops:
                 views += (torch.cat([self.small_augment(x, g) for _ in range(self.small_crops)]),)  # (S*B, C, s, s)
             yield views
@@ -158,9 +159,10 @@ class FolderData(_Sharded):
         self.train_ds, self.val_ds = train_ds, val_ds
         self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
         lo, hi = cfg.small_crop_range()
-        view = view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale)
+        views = [view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale, view=v)
+                 for v in (0, 1)]
         small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
-        self.pairs = TwoViews(train_ds, view, small, self.small_crops)
+        self.pairs = TwoViews(train_ds, views, small, self.small_crops)
         if loader == "dali":
             dali.check_names(path for path, _ in train_ds.samples)
             self.dali = _dali_epochs(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,

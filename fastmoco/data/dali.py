@@ -17,7 +17,8 @@ DALI has no random-apply, so the recipe's probabilistic steps are written two wa
 - colour jitter (p=0.8 in v2) and random greying (p=0.2): **per-sample parameter mixing**: a sample that is not
   jittered gets the identity parameters (factor 1, hue shift 0); greying is saturation 0, which in DALI's YIQ
   colour model leaves exactly the luma, the grey image;
-- Gaussian blur (p=0.5, v2; the torch recipe's kernel, applied as two 1-D ``fn.filter`` passes) and random
+- Gaussian blur (p=0.5 in v2, 1.0 / 0.1 in v3; the torch recipe's kernel, as two 1-D ``fn.filter`` passes), v3's
+  solarize (a lookup table) and random
   erasing: **conditional execution** (``enable_conditionals``): only the
   samples whose coin came up go through the operator.
 The graph is traced once per source (0.3 s of Python, measured) and serialised; each epoch deserialises it (6 ms).
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .transforms import SOLARIZE_THRESHOLD
 from .view_params import ViewSpec, draw
 
 try:
@@ -48,7 +50,10 @@ _FAILED_FILE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
 # per view: (name, dtype, ndim) of the parameters view_params.draw returns
 _PARAMS = [("roi_start", "FLOAT", 1), ("roi_end", "FLOAT", 1), ("brightness", "FLOAT", 0), ("contrast", "FLOAT", 0),
            ("saturation", "FLOAT", 0), ("hue", "FLOAT", 0), ("blur", "BOOL", 0), ("blur_kx", "FLOAT", 2),
-           ("blur_ky", "FLOAT", 2), ("erase", "BOOL", 0), ("erase_anchor", "FLOAT", 1), ("erase_shape", "FLOAT", 1)]
+           ("blur_ky", "FLOAT", 2), ("erase", "BOOL", 0), ("erase_anchor", "FLOAT", 1), ("erase_shape", "FLOAT", 1),
+           ("solarize", "BOOL", 0)]
+# solarize as a lookup table over the uint8 values: at or above the threshold, v -> 255 - v
+_SOLARIZE = [v if v < SOLARIZE_THRESHOLD else 255 - v for v in range(256)]
 PREFETCH = 2  # batches DALI prepares ahead of the one the loop is using
 
 
@@ -60,7 +65,8 @@ def _used(spec: ViewSpec) -> set:
     """The parameters the graph of ``spec`` reads (DALI drops external sources nothing reads)."""
     used = {"roi_start", "roi_end", "brightness", "contrast"}
     used |= {"saturation", "hue"} if spec.channels == 3 else set()
-    used |= {"blur", "blur_kx", "blur_ky"} if spec.recipe == "v2" else set()
+    used |= {"blur", "blur_kx", "blur_ky"} if spec.recipe != "v1" else set()
+    used |= {"solarize"} if spec.solarize_p > 0 else set()
     return used | ({"erase", "erase_anchor", "erase_shape"} if spec.erase_p > 0 else set())
 
 
@@ -75,12 +81,15 @@ def _view(images, spec: ViewSpec, v: int):
     else:
         x = fn.color_twist(x, brightness=a["brightness"], contrast=a["contrast"], saturation=a["saturation"],
                            hue=a["hue"])
-    if spec.recipe == "v2":
+    if spec.recipe != "v1":
         if a["blur"]:  # conditional execution: only these samples are blurred
             # the Gaussian as two 1-D filters with each sample's kernel (reflect-101 borders, as torchvision):
             # measured 0.07 vs 3.4 ms of CPU per 224 px view for fn.gaussian_blur
             kx, ky = (a["blur_kx"].gpu(), a["blur_ky"].gpu()) if x.device == "gpu" else (a["blur_kx"], a["blur_ky"])
             x = fn.filter(fn.filter(x, kx), ky)  # the filters are regular inputs: on the data's device
+    if spec.solarize_p > 0:
+        if a["solarize"]:
+            x = fn.lookup_table(x, keys=list(range(256)), values=_SOLARIZE, dtype=types.UINT8)
     if spec.erase_p > 0:
         if a["erase"]:
             x = fn.erase(x, anchor=a["erase_anchor"], shape=a["erase_shape"], axis_names="HW", fill_value=128)
@@ -117,11 +126,13 @@ def _to_torch(outputs, device, count: int):
 class DaliEpochs:
     """Runs one data source's DALI pipeline, an epoch (or the rest of one) at a time."""
 
-    def __init__(self, spec: ViewSpec, batch_size: int, device: torch.device, threads: int,
+    def __init__(self, spec, batch_size: int, device: torch.device, threads: int,
                  small: ViewSpec | None = None, small_crops: int = 0):
+        """``spec``: one ViewSpec for both views, or (view 1's, view 2's)."""
         if not available():
             raise DataError(f"the DALI loader needs NVIDIA DALI ({INSTALL_HINT}): {_IMPORT_ERROR}")
-        self.specs = [spec, spec] + [small] * small_crops  # view 1, view 2, then the small views
+        pair = list(spec) if isinstance(spec, (list, tuple)) else [spec, spec]
+        self.specs = pair + [small] * small_crops  # view 1, view 2, then the small views
         self.batch_size, self.device = batch_size, torch.device(device)
         gpu = self.device.type == "cuda"
         self.kw = dict(batch_size=batch_size, num_threads=max(1, threads), prefetch_queue_depth=PREFETCH,

@@ -110,11 +110,13 @@ def image_folder(root: str, transform=None) -> ImageFolder:
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """Wraps an ImageFolder: item = (view 1, view 2), two independent draws of ``transform``, then (multi-crop)
-    ``small_crops`` draws of ``small`` stacked as (S, C, s, s)."""
+    """Wraps an ImageFolder: item = (view 1, view 2), independent draws of ``transform`` (one transform for both
+    views, or a pair: view 1's and view 2's), then (multi-crop) ``small_crops`` draws of ``small`` stacked as
+    (S, C, s, s)."""
 
     def __init__(self, ds: ImageFolder, transform, small=None, small_crops: int = 0):
-        self.ds, self.transform, self.small, self.small_crops = ds, transform, small, small_crops
+        self.ds, self.small, self.small_crops = ds, small, small_crops
+        self.transforms = tuple(transform) if isinstance(transform, (list, tuple)) else (transform, transform)
 
     def __len__(self):
         return len(self.ds)
@@ -137,7 +139,7 @@ class TwoViews(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[], enabled=seed is not None):  # the caller's RNG stream stays as it was
             if seed is not None:
                 torch.manual_seed(seed)
-            views = (self.transform(img), self.transform(img))
+            views = (self.transforms[0](img), self.transforms[1](img))
             if self.small_crops:  # drawn after both views: those stay as they are without multi-crop
                 views += (torch.stack([self.small(img) for _ in range(self.small_crops)]),)  # (S, C, s, s)
             return (*views, skipped)

@@ -3,6 +3,8 @@
 v1 (MoCo v1): random resized crop, random grey, colour jitter 0.4, flip.
 v2 (MoCo v2): random resized crop, colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8, random grey p=0.2, Gaussian blur
 p=0.5 (kernel ~10 % of the image side, at most 13 taps: +-3 sigma of the widest blur), flip.
+v3 (MoCo v3): v2's steps with colour jitter (0.4, 0.4, 0.2, 0.1) and asymmetric views: Gaussian blur p=1.0 on
+view 1 and p=0.1 on view 2, solarize (pixels >= 128 inverted) p=0.2 on view 2 only.
 Grey images (Fashion-MNIST) get brightness/contrast jitter only: saturation, hue and greying do nothing there.
 
 ``BatchAugment`` applies the same recipe to a whole uint8 batch with per-sample random parameters (one
@@ -20,10 +22,14 @@ FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # the papers' colour jitter on RGB images: brightness, contrast, saturation 0.4; hue 0.4 (v1) or 0.1 (v2)
 RGB_JITTER = 0.4
-RGB_HUE = {"v1": 0.4, "v2": 0.1}
+RGB_HUE = {"v1": 0.4, "v2": 0.1, "v3": 0.1}
+SATURATION = {"v1": 1.0, "v2": 1.0, "v3": 0.5}  # the saturation jitter as a fraction of the jitter strength
+# per recipe, (blur probability, solarize probability) of view 1 and of view 2
+VIEW_PROBS = {"v1": ((0.0, 0.0), (0.0, 0.0)), "v2": ((0.5, 0.0), (0.5, 0.0)), "v3": ((1.0, 0.0), (0.1, 0.2))}
 
 
 BLUR_SIGMA = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 128  # of 255: PIL's ImageOps.solarize default, as the original v3 applies it
 # the blur kernel never needs more than +-3 sigma of the widest blur: the weights beyond it sum to < 0.3 %
 BLUR_MAX_TAPS = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
 
@@ -34,11 +40,12 @@ def blur_kernel_size(size: int) -> int:
 
 
 def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: float = 0.2,
-                   max_scale: float = 1.0) -> v2.Compose:
-    """One augmented view of a PIL image or uint8 tensor, as torchvision.transforms.v2; the crop covers
+                   max_scale: float = 1.0, view: int = 0) -> v2.Compose:
+    """View ``view`` (0 or 1) of a PIL image or uint8 tensor, as torchvision.transforms.v2; the crop covers
     [min_scale, max_scale] of the image's area (multi-crop's small views use a low max_scale)."""
     rgb = channels == 3
-    jitter = (v2.ColorJitter(RGB_JITTER, RGB_JITTER, RGB_JITTER, RGB_HUE[recipe]) if rgb
+    blur_p, solarize_p = VIEW_PROBS[recipe][view]
+    jitter = (v2.ColorJitter(RGB_JITTER, RGB_JITTER, RGB_JITTER * SATURATION[recipe], RGB_HUE[recipe]) if rgb
               else v2.ColorJitter(RGB_JITTER, RGB_JITTER))
     steps = [v2.ToImage(), v2.RandomResizedCrop(size, scale=(min_scale, max_scale), antialias=True)]
     if recipe == "v1":
@@ -47,7 +54,8 @@ def view_transform(recipe: str, size: int, channels: int, mean, std, min_scale: 
     else:
         steps += [v2.RandomApply([jitter], p=0.8)]
         steps += [v2.RandomGrayscale(0.2)] if rgb else []
-        steps += [v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=BLUR_SIGMA)], p=0.5)]
+        steps += [v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=BLUR_SIGMA)], p=blur_p)]
+        steps += [v2.RandomSolarize(SOLARIZE_THRESHOLD, p=solarize_p)] if solarize_p else []
     steps += [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 
@@ -72,11 +80,14 @@ def _to_channels(channels):
 
 
 class BatchAugment(torch.nn.Module):
-    """The v1/v2 recipe over a uint8 batch (B, C, H, W) -> float views (B, C, size, size), normalised."""
+    """The v1/v2/v3 recipe's view ``view`` (0 or 1) over a uint8 batch (B, C, H, W) -> float views
+    (B, C, size, size), normalised."""
 
     def __init__(self, recipe: str, size: int, mean, std, min_scale: float = 0.2, jitter: float = 0.4,
-                 erase_p: float = 0.0, max_scale: float = 1.0):
+                 erase_p: float = 0.0, max_scale: float = 1.0, view: int = 0):
         super().__init__()
+        self.blur_p, self.solarize_p = VIEW_PROBS[recipe][view]
+        self.saturation = SATURATION[recipe]
         self.recipe, self.size, self.min_scale, self.max_scale = recipe, size, min_scale, max_scale
         self.jitter, self.erase_p = jitter, erase_p
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
@@ -115,7 +126,7 @@ class BatchAugment(torch.nn.Module):
         y = (y - mean) * contrast.view(B, 1, 1, 1) + mean
         if x.shape[1] == 3:  # saturation: blend with the grey image; random greying p=0.2
             grey = (0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3])
-            sat = (1 + strength * (2 * u[:, 3] - 1)).view(B, 1, 1, 1)
+            sat = (1 + self.saturation * strength * (2 * u[:, 3] - 1)).view(B, 1, 1, 1)
             y = (y - grey) * sat + grey
             to_grey = (torch.rand(B, generator=g, device=x.device) < 0.2).float().view(B, 1, 1, 1)
             y = y * (1 - to_grey) + grey * to_grey
@@ -134,6 +145,11 @@ class BatchAugment(torch.nn.Module):
         y = F.conv2d(y, k1.view(B * C, 1, ks, 1), groups=B * C)
         y = F.conv2d(y, k1.view(B * C, 1, 1, ks), groups=B * C)
         return y.view(B, C, H, W)
+
+    def _solarize(self, x: torch.Tensor, g, p: float) -> torch.Tensor:
+        """Pixels at or above the threshold inverted (x -> 1 - x), with probability p per image."""
+        on = (torch.rand(x.shape[0], generator=g, device=x.device) < p).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        return torch.where(on & (x >= SOLARIZE_THRESHOLD / 255.0), 1.0 - x, x)
 
     def _erase(self, x: torch.Tensor, g, p: float) -> torch.Tensor:
         """Random erasing (Zhong et al. 2020): one rectangle of 2-20 % of the area set to grey, with prob. p."""
@@ -159,7 +175,9 @@ class BatchAugment(torch.nn.Module):
             x = self._jitter(x, generator, p=1.0, strength=self.jitter)
         else:
             x = self._jitter(x, generator, p=0.8, strength=self.jitter)
-            x = self._blur(x, generator, p=0.5)
+            x = self._blur(x, generator, p=self.blur_p)
+        if self.solarize_p > 0:  # drawn only where the recipe solarizes: the v1/v2 draws stay as they were
+            x = self._solarize(x, generator, self.solarize_p)
         if self.erase_p > 0:
             x = self._erase(x, generator, self.erase_p)
         return (x - self.mean) / self.std

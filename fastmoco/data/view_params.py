@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .transforms import BLUR_SIGMA, blur_kernel_size
+from .transforms import BLUR_SIGMA, SATURATION, VIEW_PROBS, blur_kernel_size
 
 ASPECT = (3 / 4, 4 / 3)
 ERASE_AREA, ERASE_ASPECT = (0.02, 0.2), (0.3, 3.3)
@@ -19,8 +19,10 @@ ERASE_AREA, ERASE_ASPECT = (0.02, 0.2), (0.3, 3.3)
 class ViewSpec:
     """One view's recipe: what the two-view graph and the parameter draws need to know."""
 
-    def __init__(self, recipe, size, channels, mean, std, min_scale, strength, hue, erase_p, max_scale=1.0):
+    def __init__(self, recipe, size, channels, mean, std, min_scale, strength, hue, erase_p, max_scale=1.0, view=0):
         self.recipe, self.size, self.channels = recipe, size, channels
+        self.blur_p, self.solarize_p = VIEW_PROBS[recipe][view]  # v3's two views differ
+        self.saturation = SATURATION[recipe] * strength
         self.mean = [255.0 * m for m in mean]  # DALI normalises the uint8 range
         self.std = [255.0 * s for s in std]
         self.min_scale, self.max_scale = min_scale, max_scale
@@ -71,15 +73,15 @@ def draw(rng: np.random.Generator, hw: np.ndarray, spec: ViewSpec) -> dict:
     x0, x1 = np.where(flip, x1, x0), np.where(flip, x0, x1)  # roi_end < roi_start: DALI's resize mirrors
     p = {"roi_start": np.stack([top / H, x0], 1).astype(f32), "roi_end": np.stack([(top + h) / H, x1], 1).astype(f32)}
 
-    on = rng.uniform(0, 1, B) < (0.8 if spec.recipe == "v2" else 1.0)  # colour jitter applied or not
+    on = rng.uniform(0, 1, B) < (1.0 if spec.recipe == "v1" else 0.8)  # colour jitter applied or not
     s = spec.strength
-    for name in ("brightness", "contrast", "saturation"):
-        p[name] = np.where(on, 1.0 + rng.uniform(-s, s, B), 1.0).astype(f32)
+    for name, r in (("brightness", s), ("contrast", s), ("saturation", spec.saturation)):
+        p[name] = np.where(on, 1.0 + rng.uniform(-r, r, B), 1.0).astype(f32)
     p["hue"] = np.where(on, 360.0 * rng.uniform(-spec.hue, spec.hue, B), 0.0).astype(f32)  # degrees
     if spec.channels == 3:  # random greying p=0.2: saturation 0 leaves the luma, i.e. the grey image
         p["saturation"] *= (rng.uniform(0, 1, B) >= 0.2).astype(f32)
 
-    p["blur"] = rng.uniform(0, 1, B) < 0.5
+    p["blur"] = rng.uniform(0, 1, B) < spec.blur_p
     k = gaussian_kernels(rng.uniform(*BLUR_SIGMA, B), blur_kernel_size(spec.size))  # (B, taps)
     p["blur_kx"], p["blur_ky"] = k[:, None, :], k[:, :, None]  # separable: a row, then a column
 
@@ -91,4 +93,6 @@ def draw(rng: np.random.Generator, hw: np.ndarray, spec: ViewSpec) -> dict:
     ew = np.clip(np.sqrt(area / ratio) * S, 1, S)
     p["erase_anchor"] = np.stack([rng.uniform(0, 1, B) * (S - eh), rng.uniform(0, 1, B) * (S - ew)], 1).astype(f32)
     p["erase_shape"] = np.stack([eh, ew], 1).astype(f32)
+    if spec.solarize_p > 0:  # drawn last and only where the recipe solarizes: the v1/v2 draws stay as they were
+        p["solarize"] = rng.uniform(0, 1, B) < spec.solarize_p
     return p

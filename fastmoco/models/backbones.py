@@ -26,7 +26,7 @@ class WideResNet(ResNet):
     """
 
     def __init__(self, arch: str = "resnet18", width: int = 64, stem: str = "small", in_channels: int = 3,
-                 norm_layer=None):
+                 norm_layer=None, zero_init_residual: bool = False):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
         if stem not in STEMS:
@@ -55,6 +55,10 @@ class WideResNet(ResNet):
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:  # each residual branch starts as zero: every block the identity (torchvision's option)
+            for mod in self.modules():
+                if isinstance(mod, (Bottleneck, BasicBlock)):
+                    nn.init.zeros_(mod.bn3.weight if isinstance(mod, Bottleneck) else mod.bn2.weight)
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -88,6 +92,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return out
 
 
-def build_backbone(arch: str, width: int, stem: str, in_channels: int, bn_splits: int = 1) -> WideResNet:
+def build_backbone(arch: str, width: int, stem: str, in_channels: int, bn_splits: int = 1,
+                   zero_init_residual: bool = False) -> WideResNet:
     norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else None
-    return WideResNet(arch, width, stem, in_channels, norm_layer=norm)
+    return WideResNet(arch, width, stem, in_channels, norm_layer=norm, zero_init_residual=zero_init_residual)

@@ -1,11 +1,11 @@
-"""The MoCo module: query encoder, momentum key encoder, queue of negative keys.
+"""MoCo v1/v2: query encoder, momentum key encoder, queue of negative keys.
 
-One training step, as the trainer runs it::
+One training step, as the trainer runs it (the method interface, ``methods.py``)::
 
     loss, keys = moco(view_1, view_2)        # InfoNCE of q against [k, queue]
     loss.backward(); optimizer.step()
-    moco.momentum_update(m)                  # key encoder <- EMA of the query encoder (ops.ema_)
-    moco.enqueue(keys)                       # ring-buffer write, pointer stays on the device (ops.enqueue_)
+    moco.after_step(keys, m)                 # key encoder <- EMA of the query encoder (ops.ema_), then the
+                                             # ring-buffer write, pointer on the device (ops.enqueue_)
 
 ``queue`` (K, dim) and ``ptr`` (1,) int64 are buffers, so they live in the state_dict and in every checkpoint.
 ``key_shuffle`` is the BN guard around the key encoder: ``LocalShuffle`` (with Split-BN) in one process; a
@@ -49,6 +49,7 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))  # (K, dim) negative keys
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))  # (1,) next row to write
         self.key_shuffle = LocalShuffle()
+        self._post = None  # the compiled EMA + enqueue (compile_after_step)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "MoCo":
@@ -100,7 +101,32 @@ class MoCo(nn.Module):
         rows = sum(qi.shape[0] for qi, _ in pairs)  # every query row weighs the same
         return sum(self.loss(qi, ki) * (qi.shape[0] / rows) for qi, ki in pairs), keys
 
+    def query_network(self) -> nn.Module:
+        """What DDP wraps: every trained parameter, called with the query batches of each resolution."""
+        return QueryViews(self.encoder_q)
+
+    def averaged_buffers(self) -> list[torch.Tensor]:
+        """The float buffers each rank updates on its own (BN running statistics) that the ranks average after a
+        step; not the queue, which every rank writes identically."""
+        return [b for b in self.buffers() if b.is_floating_point() and b is not self.queue]
+
     # -- after the optimizer step ------------------------------------------------------------------------------
+    def compile_after_step(self, mode: str | None) -> None:
+        """The EMA and the enqueue as one compiled graph (fused ops; a constant momentum, else every new value of
+        the Python float would recompile it)."""
+        if self.ops_impl == "fused":
+            self._post = torch.compile(ema_and_enqueue, fullgraph=True, mode=mode)
+            self._pairs = ema_pairs(self.encoder_k, self.encoder_q, self.bn_buffers_ema)
+
+    @torch.no_grad()
+    def after_step(self, keys: torch.Tensor, m: float) -> None:
+        """Key encoder <- EMA(query encoder), then every rank writes all ranks' keys of this step."""
+        if self._post is None:
+            self.momentum_update(m)
+            self.enqueue(keys)
+        else:
+            self._post(*self._pairs, m, self.queue, self.ptr, gather_keys(keys).to(self.queue.dtype))
+
     @torch.no_grad()
     def momentum_update(self, m: float | None = None) -> None:
         m = self.m if m is None else m
@@ -118,6 +144,12 @@ class MoCo(nn.Module):
             ops.enqueue_(self.queue, self.ptr, keys)
         else:
             ops.enqueue_reference_(self.queue, self.ptr, keys)
+
+
+def ema_and_enqueue(dst, src, momentum: float, queue, ptr, keys) -> None:
+    """The key-encoder EMA and the ring-buffer write, fused ops only (one graph when compiled)."""
+    ops.ema_(dst, src, momentum)
+    ops.enqueue_(queue, ptr, keys)
 
 
 class QueryViews(nn.Module):

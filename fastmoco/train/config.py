@@ -29,21 +29,33 @@ DEVICE_DEFAULTS = {
 }
 
 
-# What a preset decides, for the fields the user left unset (None). v1 and v2 are the papers' recipes; "fmnist"
-# (the default) is tuned by measurement for under 10 minutes on 2 CPU cores (benchmarks/RESULTS.md sections 2
-# and 8): Fashion-MNIST's objects are centred and aligned, and near-full crops (0.9) with stronger photometric
-# augmentation and random erasing beat the ImageNet crop range there (80.8 -> 82.6 % kNN at 5 epochs); in short
-# runs the linear head at T=0.07 beat the MLP head at T=0.1 (84.57 vs 83.07 % at 2 epochs). It trains at 36 px
-# (the 28 px images upsampled): larger feature maps beat more epochs at 28 px per minute of CPU (86.93 % kNN at
-# 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one seed each; RESULTS.md section 2.5).
+# What a preset decides, for the fields the user left unset (None). v1, v2 and v3 are the papers' recipes (v3: the
+# ResNet-50 one, lr 0.6 x batch/256, 10 warm-up epochs of 100); "fmnist" (the default) is tuned by measurement for
+# under 10 minutes on 2 CPU cores (benchmarks/RESULTS.md sections 2 and 8): Fashion-MNIST's objects are centred and
+# aligned, and near-full crops (0.9) with stronger photometric augmentation and random erasing beat the ImageNet crop
+# range there (80.8 -> 82.6 % kNN at 5 epochs); in short runs the linear head at T=0.07 beat the MLP head at T=0.1
+# (84.57 vs 83.07 % at 2 epochs). It trains at 36 px (the 28 px images upsampled): larger feature maps beat more
+# epochs at 28 px per minute of CPU (86.93 % kNN at 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one
+# seed each; RESULTS.md section 2.5). "fmnist-v3" is MoCo v3 sized the same way (RESULTS.md section 10).
+_QUEUE = dict(method="queue", dim=128, mlp_dim=4096, m_schedule="const", optimizer="sgd", lr=0.06, lr_ref_batch=0,
+              weight_decay=5e-4, warmup_epochs=0.0)
+_V3 = dict(method="v3", head="bn-mlp", dim=256, mlp_dim=4096, m=0.99, m_schedule="cosine", aug="v3",
+           schedule="cosine", optimizer="lars")
 PRESETS = {
-    "v1": dict(head="linear", T=0.07, m=0.999, aug="v1", schedule="step", crop_min_scale=0.2, jitter=0.4,
+    "v1": dict(_QUEUE, head="linear", T=0.07, m=0.999, aug="v1", schedule="step", crop_min_scale=0.2, jitter=0.4,
                erase_p=0.0, image_size=0),
-    "v2": dict(head="mlp", T=0.2, m=0.999, aug="v2", schedule="cosine", crop_min_scale=0.2, jitter=0.4,
+    "v2": dict(_QUEUE, head="mlp", T=0.2, m=0.999, aug="v2", schedule="cosine", crop_min_scale=0.2, jitter=0.4,
                erase_p=0.0, image_size=0),
-    "fmnist": dict(head="linear", T=0.07, m=0.99, aug="v2", schedule="cosine", crop_min_scale=0.9, jitter=0.8,
-                   erase_p=0.5, image_size=36),
+    "fmnist": dict(_QUEUE, head="linear", T=0.07, m=0.99, aug="v2", schedule="cosine", crop_min_scale=0.9,
+                   jitter=0.8, erase_p=0.5, image_size=36),
+    "v3": dict(_V3, T=1.0, crop_min_scale=0.2, jitter=0.4, erase_p=0.0, image_size=0, lr=0.6, lr_ref_batch=256,
+               weight_decay=1e-6, warmup_epochs=10.0),
+    "fmnist-v3": dict(_V3, T=1.0, crop_min_scale=0.9, jitter=0.8, erase_p=0.5, image_size=36, mlp_dim=1024, lr=0.6,
+                      lr_ref_batch=256, weight_decay=1e-6, warmup_epochs=1.0),
 }
+# the preset when only --method is given
+METHOD_PRESETS = {"queue": "fmnist", "v3": "fmnist-v3"}
+AUGS = ("v1", "v2", "v3")
 
 
 @dataclass
@@ -54,7 +66,9 @@ class TrainConfig:
     subset: int = field(default=0, metadata=dict(help="train on the first N images only (0 = all)"))
     image_size: Optional[int] = field(default=None, metadata=dict(
         help="training resolution (preset; 0 = the dataset's own size, 32 for folders)"))
-    aug: Optional[str] = field(default=None, metadata=dict(help="augmentation recipe: v1 | v2 (preset)"))
+    aug: Optional[str] = field(default=None, metadata=dict(
+        help="augmentation recipe: v1 | v2 | v3 (v2 with v3's asymmetric views: blur p=1.0 / 0.1, solarize p=0.2 on "
+             "view 2) (preset)"))
     crop_min_scale: Optional[float] = field(default=None, metadata=dict(help="RandomResizedCrop lower area bound (preset)"))
     jitter: Optional[float] = field(default=None, metadata=dict(help="colour-jitter strength (preset)"))
     erase_p: Optional[float] = field(default=None, metadata=dict(help="random-erasing probability, batched aug (preset)"))
@@ -68,23 +82,36 @@ class TrainConfig:
         help="dali | torch: who decodes and augments (default: dali for ImageFolders when installed, "
              "torch's batched augmentation for Fashion-MNIST, the faster there)"))
     # model
-    preset: str = field(default="fmnist", metadata=dict(
+    preset: Optional[str] = field(default=None, metadata=dict(
         help="v1 (linear head, T=0.07, step LR) | v2 (MLP, blur, T=0.2, cosine) | fmnist (short CPU runs at 36 "
-             "px: linear head, T=0.07, v2 augmentation with near-full crops, cosine)"))
+             "px: linear head, T=0.07, v2 augmentation with near-full crops, cosine) | v3 (MoCo v3's ResNet recipe: "
+             "LARS, T=1, cosine momentum) | fmnist-v3 (v3 for short CPU runs); default: fmnist, or fmnist-v3 with "
+             "--method v3"))
+    method: Optional[str] = field(default=None, metadata=dict(
+        help="queue (MoCo v1/v2: negatives from a queue of earlier keys) | v3 (negatives from the global batch, a "
+             "predictor, no queue) (preset)"))
     arch: str = field(default="resnet10", metadata=dict(help="resnet10 | resnet18 | resnet34 | resnet50"))
     width: int = field(default=16, metadata=dict(help="base width (64 = torchvision's nets)"))
     stem: str = field(default="small-s2", metadata=dict(help="small (3x3/1) | small-s2 (3x3/2) | imagenet (7x7/2+pool)"))
     bn_splits: Optional[int] = field(default=None, metadata=dict(
         help="Split-BN sub-batches per process (1 = plain BN; default 8 in one process, 1 under torchrun)"))
-    sync_bn: bool = field(default=False, metadata=dict(
-        help="SyncBatchNorm across processes instead of shuffle-BN (CUDA; note it lets BN statistics span the "
-             "positive pair)"))
-    head: Optional[str] = field(default=None, metadata=dict(help="linear | mlp (preset)"))
-    dim: int = field(default=128, metadata=dict(help="embedding size"))
+    sync_bn: Optional[bool] = field(default=None, metadata=dict(
+        help="SyncBatchNorm across processes (CUDA). v1/v2: instead of shuffle-BN (note it lets BN statistics span "
+             "the positive pair), off by default; v3: the whole model, on by default under torchrun on CUDA"))
+    head: Optional[str] = field(default=None, metadata=dict(
+        help="linear | mlp (v1/v2) | bn-mlp (v3's projector, set by its presets) (preset)"))
+    dim: Optional[int] = field(default=None, metadata=dict(help="embedding size (preset: 128 v1/v2, 256 v3)"))
+    mlp_dim: Optional[int] = field(default=None, metadata=dict(
+        help="v3: hidden width of the projector and the predictor (preset)"))
+    proj_layers: int = field(default=2, metadata=dict(help="v3: Linear layers of the projector (2 ResNet, 3 ViT)"))
+    pred_layers: int = field(default=2, metadata=dict(help="v3: Linear layers of the predictor"))
+    pred_last_bn: bool = field(default=False, metadata=dict(
+        help="v3: the predictor ends in a BatchNorm (off for ResNets, on for ViTs, as the original)"))
     # 1024: in runs of a few thousand steps a smaller queue measured better (84.18 vs 83.07 % kNN at 4096, 2 epochs)
     K: int = field(default=1024, metadata=dict(help="queue size (negative keys)"))
     m: Optional[float] = field(default=None, metadata=dict(help="key-encoder momentum (preset)"))
-    m_schedule: str = field(default="const", metadata=dict(help="const | cosine (m rises to 1 over training)"))
+    m_schedule: Optional[str] = field(default=None, metadata=dict(
+        help="const | cosine (m rises to 1 over training, updated every step) (preset)"))
     ema_bn_buffers: bool = field(default=False, metadata=dict(help="also average BN running statistics"))
     T: Optional[float] = field(default=None, metadata=dict(help="InfoNCE temperature (preset)"))
     symmetric: bool = field(default=False, metadata=dict(help="symmetrised loss (both views as queries)"))
@@ -94,15 +121,19 @@ class TrainConfig:
     batch_size: int = field(default=128, metadata=dict(help="images per micro-batch, per process"))
     accum_steps: int = field(default=1, metadata=dict(
         help="micro-batches per optimizer step (the EMA and the enqueue run once per optimizer step)"))
-    lr: float = field(default=0.06, metadata=dict(help="SGD learning rate (for the global batch, see lr_ref_batch)"))
-    lr_ref_batch: int = field(default=0, metadata=dict(
-        help="linear scaling: lr is meant for this global batch and is scaled by global/lr_ref_batch (0 = off)"))
-    optimizer: str = field(default="sgd", metadata=dict(
+    lr: Optional[float] = field(default=None, metadata=dict(
+        help="learning rate (for the global batch, see lr_ref_batch) (preset: 0.06 v1/v2, 0.6 v3)"))
+    lr_ref_batch: Optional[int] = field(default=None, metadata=dict(
+        help="linear scaling: lr is meant for this global batch and is scaled by global/lr_ref_batch (0 = off) "
+             "(preset: 0 v1/v2, 256 v3)"))
+    optimizer: Optional[str] = field(default=None, metadata=dict(
         help="sgd | lars (large batches: per-tensor trust ratio 0.001, biases and BN parameters excluded from it "
-             "and from weight decay, as MoCo v3 trains ResNets)"))
+             "and from weight decay, as MoCo v3 trains ResNets) (preset)"))
     sgd_momentum: float = field(default=0.9, metadata=dict(help="momentum (SGD or LARS)"))
-    weight_decay: float = field(default=5e-4, metadata=dict(help="weight decay (LARS: weights only)"))
-    warmup_epochs: float = field(default=0.0, metadata=dict(help="linear LR warm-up, in epochs"))
+    weight_decay: Optional[float] = field(default=None, metadata=dict(
+        help="weight decay (LARS: weights only) (preset: 5e-4 v1/v2, 1e-6 v3)"))
+    warmup_epochs: Optional[float] = field(default=None, metadata=dict(
+        help="linear LR warm-up, in epochs, per step (preset: 0 v1/v2, 10 v3)"))
     schedule: Optional[str] = field(default=None, metadata=dict(help="cosine | step (preset)"))
     lr_steps: str = field(default="0.6,0.8", metadata=dict(help="step schedule: fractions of training at which lr *= 0.1"))
     amp: Optional[bool] = field(default=None, metadata=dict(help="autocast (default: on for CUDA, off for CPU)"))
@@ -134,23 +165,38 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """The preset's values filled in and every value checked (device-dependent fields may stay None)."""
         _check_types(self)
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        filled = {k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, **filled)
+        from fastmoco.models import METHODS
+
+        if self.method is not None and self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        preset = self.preset or METHOD_PRESETS[self.method or "queue"]
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if self.method is not None and PRESETS[preset]["method"] != self.method:
+            raise ConfigError(f"preset {preset} is a recipe of method {PRESETS[preset]['method']}, not "
+                              f"{self.method}; pick a {self.method} preset ("
+                              + ", ".join(p for p, v in PRESETS.items() if v["method"] == self.method) + ")")
+        filled = {k: v for k, v in PRESETS[preset].items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, preset=preset, **filled)
         cfg.validate()
         return cfg
 
     def for_runtime(self, device_type: str, world_size: int) -> "TrainConfig":
         """The fields left to the device and the process count, filled in (what the run saves and uses)."""
         filled = {k: v for k, v in DEVICE_DEFAULTS[device_type].items() if getattr(self, k) is None}
-        if self.bn_splits is None:
-            filled["bn_splits"] = 8 if world_size == 1 and not self.sync_bn else 1
+        if self.sync_bn is None:  # v3 converts the whole model under torchrun, where SyncBatchNorm has kernels
+            filled["sync_bn"] = self.method == "v3" and world_size > 1 and device_type == "cuda"
+        if self.bn_splits is None:  # Split-BN: the one-process guard of the queue methods' BN
+            filled["bn_splits"] = 8 if world_size == 1 and self.method == "queue" and not self.sync_bn else 1
         cfg = dataclasses.replace(self, **filled)
         cfg.validate()
         if cfg.sync_bn and device_type != "cuda":
-            raise ConfigError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); "
-                              "on CPU the default shuffle-BN (Split-BN in one process) guards BN")
+            instead = ("v3 normalises each process's batch and averages the running statistics after each step"
+                       if cfg.method == "v3" else "the default shuffle-BN (Split-BN in one process) guards BN")
+            raise ConfigError(f"sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); on CPU {instead}")
+        if cfg.sync_bn and world_size == 1 and cfg.method == "v3":
+            raise ConfigError("sync_bn needs several processes (torchrun); in one process v3 trains plain BN over "
+                              "each view's batch, which is what SyncBatchNorm would compute there")
         if cfg.sync_bn and world_size == 1:
             raise ConfigError("sync_bn needs several processes (torchrun): in one process it would be plain BN over "
                               "the batch; leave it off and Split-BN guards BN")
@@ -170,7 +216,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         from fastmoco.data import LOADERS
-        from fastmoco.models import ARCHS, STEMS
+        from fastmoco.models import ARCHS, HEADS, METHODS, STEMS
 
         from .optim import OPTIMIZERS
 
@@ -183,8 +229,17 @@ class TrainConfig:
         need(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         need(self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of {list(STEMS)}")
         need(self.width >= 1, f"width must be >= 1, got {self.width}")
-        need(self.head in ("linear", "mlp"), f"unknown head {self.head!r}; choose linear or mlp")
-        need(self.aug in ("v1", "v2"), f"unknown aug {self.aug!r}; choose v1 or v2")
+        need(self.method in METHODS, f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        if self.method == "v3":
+            need(self.head == "bn-mlp", f"method v3 trains its own projector (head bn-mlp), got head {self.head!r}")
+            need(self.small_crops == 0, "method v3 contrasts two views per image: multi-crop (--small-crops) is a "
+                 "v1/v2 option here; pass --small-crops 0")
+            need(self.mlp_dim >= 1 and self.proj_layers >= 1 and self.pred_layers >= 1,
+                 f"v3 needs mlp_dim, proj_layers and pred_layers >= 1, got {self.mlp_dim}, {self.proj_layers}, "
+                 f"{self.pred_layers}")
+        else:
+            need(self.head in HEADS, f"unknown head {self.head!r}; choose one of {list(HEADS)}")
+        need(self.aug in AUGS, f"unknown aug {self.aug!r}; choose one of {list(AUGS)}")
         need(self.schedule in ("cosine", "step"), f"unknown schedule {self.schedule!r}; choose cosine or step")
         need(self.m_schedule in ("const", "cosine"), f"unknown m_schedule {self.m_schedule!r}; choose const or cosine")
         need(self.ops in ("fused", "reference"), f"unknown ops {self.ops!r}; choose fused or reference")
@@ -207,6 +262,9 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.sgd_momentum < 1, f"sgd_momentum must be in [0, 1), got {self.sgd_momentum}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        need(self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+             f"warmup_epochs {self.warmup_epochs:g} must be less than epochs {self.epochs} (the preset {self.preset} "
+             "warms up for that long): pass a larger --epochs or a smaller --warmup-epochs")
         need(0 < self.crop_min_scale <= 1, f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         need(0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}")
         need(0 <= self.erase_p <= 1, f"erase_p must be in [0, 1], got {self.erase_p}")
@@ -279,19 +337,23 @@ class TrainConfig:
 
 # Settings a resumed run cannot change: they fix the model's shapes, the data and its order. Every other setting
 # may change on resume (lr, epochs, schedules, monitor, speed options, process count); the change takes effect
-# everywhere, the schedules included (they run on epoch progress), and is logged.
-FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", "arch", "width", "stem", "head", "dim", "K", "batch_size",
-                   "symmetric", "optimizer")
+# everywhere, the schedules included (they run on epoch progress), and is logged. A run imported from another
+# code's checkpoint (MoCo v3's) fixes the model's shapes only: it was not trained on this data or in this order.
+MODEL_SHAPE = ("method", "arch", "width", "stem", "head", "dim", "K", "mlp_dim", "proj_layers", "pred_layers",
+               "pred_last_bn")
+FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", *MODEL_SHAPE, "batch_size", "symmetric", "optimizer")
 NOT_COMPARED = ("resume", "overwrite")
+IMPORT_UNSET = ("data",)  # an imported run names no data: "" there, never taken as a --data path
 
 
-def resume_changes(saved: dict, cfg: "TrainConfig") -> list[str]:
+def resume_changes(saved: dict, cfg: "TrainConfig", imported: bool = False) -> list[str]:
     """'name old -> new' for each setting that differs from the checkpoint's; a fixed one is a ConfigError."""
     changes = []
+    fixed = MODEL_SHAPE if imported else FIXED_ON_RESUME
     for name, new in cfg.to_dict().items():
         if name in NOT_COMPARED or name not in saved or saved[name] == new:
             continue
-        if name in FIXED_ON_RESUME:
+        if name in fixed:
             raise ConfigError(f"--resume: {name} cannot change on resume (checkpoint: {saved[name]!r}, now: {new!r}); "
                               "start a new run with another --out")
         changes.append(f"{name} {saved[name]!r} -> {new!r}")
@@ -306,8 +368,10 @@ def _resumed_settings(overrides: dict) -> dict:
     path = ckpt_io.resolve_resume(overrides.get("resume"), out)
     if not path:
         return {}
-    saved = ckpt_io.load(path, fallback=True).get("requested_config", {})
-    return {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and k not in NOT_COMPARED}
+    state = ckpt_io.load(path, fallback=True)
+    saved = state.get("requested_config") or state.get("config", {})  # an imported run has only its config
+    return {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and k not in NOT_COMPARED
+            and not (k in IMPORT_UNSET and v == "")}
 
 
 def _init_settings(overrides: dict) -> dict:
@@ -348,7 +412,7 @@ def check_finite(name: str, value) -> None:
 
 def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
     """argparse generated from TrainConfig: one ``--flag-name`` per field, defaults shown from the dataclass."""
-    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 (default: v2 on Fashion-MNIST, CPU-sized).",
+    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, CPU-sized).",
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     for f in fields(TrainConfig):

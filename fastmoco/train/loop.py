@@ -1,4 +1,4 @@
-"""The training loop: data -> MoCo step (compiled, DDP) -> EMA + enqueue, with checkpoints at epoch ends, every
+"""The training loop: data -> the method's step (compiled, DDP) -> its after-step (EMA, enqueue), with checkpoints at epoch ends, every
 ``save_every_min`` minutes and on SIGTERM/SIGINT, the kNN monitor and the run's metrics.
 
 ``train(cfg)`` is ``Trainer(cfg).fit()``. Under torchrun every process runs it; rank 0 alone writes the run
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from fastmoco.data import build_data
-from fastmoco.models import MoCo
+from fastmoco.models import build_method
 
 from . import checkpoint as ckpt_io
 from . import distributed, preflight
@@ -81,14 +81,15 @@ class Trainer:
         self.pg.agree_on(self._data_facts(), "the training data")
         self.base_lr = cfg.lr_for(self.pg.world)
         self.milestones = cfg.milestones()
-        self.optimizer = build_optimizer(cfg, self.model.encoder_q.parameters(), self.base_lr)
+        self.optimizer = build_optimizer(cfg, self.model.query_network().parameters(), self.base_lr)
         self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
         self.pos = Position()
         if resume_path:  # every rank loads the same file, before DDP's first step
             self.pos = self.pg.together(lambda: restore(state, self.model, self.optimizer, self.step.scaler,
                                                         resume_path))
+            fresh = " (imported weights: the optimizer state starts afresh)" if "imported" in state else ""
             del state
-            self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}")
+            self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}{fresh}")
         self.pg.together(self._open_outputs, main_only=True)
         self.log(f"{self.pg.world} process(es) on {self.pg.device.type}, {self.data.loader} loader; global batch "
                  f"{cfg.global_batch(self.pg.world)}, lr {self.base_lr:g}"
@@ -120,7 +121,7 @@ class Trainer:
         if self.data.small_crops:
             preflight.check_image_size(cfg, self.data.small_size, "--small-crop-size")
         preflight.check_memory(cfg, self.data.in_channels, self.data.image_size, self.pg.device, self.data.small_size)
-        self.model = MoCo.from_config(cfg, self.data.in_channels).to(self.pg.device)
+        self.model = build_method(cfg, self.data.in_channels).to(self.pg.device)
         if cfg.init:
             init_backbone(self.model, cfg.init)
             self.log(f"backbone weights from {cfg.init} ({cfg.arch}, width {cfg.width}, {cfg.stem} stem)")
@@ -129,7 +130,7 @@ class Trainer:
         if not resume_path:
             return None
         state = ckpt_io.load(resume_path, fallback=True)
-        changes = resume_changes(state.get("config", {}), cfg)
+        changes = resume_changes(state.get("config", {}), cfg, imported="imported" in state)
         if changes:
             self.log("settings changed on resume: " + ", ".join(changes))
         return state

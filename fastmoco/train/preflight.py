@@ -3,7 +3,7 @@ network can take, and a memory estimate against what the device has free (instea
 OOM killer minutes later)."""
 import torch
 
-from fastmoco.models import build_backbone
+from fastmoco.models import build_backbone, build_method
 from fastmoco.models.backbones import STEM_STRIDE
 
 from .config import ConfigError
@@ -21,15 +21,16 @@ def check_image_size(cfg, image_size: int, flag: str = "--image-size") -> None:
 
 
 def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) -> dict:
-    """A lower bound of the training memory: the queue, the parameters (query, key, gradient, SGD momentum) and
-    the query forward's activations kept for the backward (each module's output, traced on the meta device),
-    multi-crop's small views included."""
+    """A lower bound of the training memory: the queue (v1/v2), the parameters (query, key, gradient, SGD momentum;
+    v3's projector and predictor included) and the query forward's activations kept for the backward (each
+    backbone module's output, traced on the meta device), multi-crop's small views included."""
     with torch.device("meta"):
         net = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels)
+        method = build_method(cfg, in_channels)
     outputs = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
              for m in net.modules() if not list(m.children())]
-    views = 2 if cfg.symmetric else 1
+    views = 2 if cfg.symmetric or cfg.method == "v3" else 1  # v3: both views are queries
     with torch.no_grad():
         net(torch.empty(cfg.batch_size * views, in_channels, image_size, image_size, device="meta"))
         if cfg.small_crops:
@@ -37,8 +38,10 @@ def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) 
     for h in hooks:
         h.remove()
     act_bytes = 2 if cfg.amp else 4
-    params = sum(p.numel() for p in net.parameters())
-    return {"queue": cfg.K * cfg.dim * 4, "parameters": 16 * params, "activations": sum(outputs) * act_bytes}
+    params = sum(p.numel() for p in method.parameters())  # query and key encoders (and predictor)
+    trained = sum(p.numel() for p in method.query_network().parameters())  # with a gradient and a momentum buffer
+    queue = sum(b.numel() for name, b in method.named_buffers() if name == "queue")
+    return {"queue": queue * 4, "parameters": 4 * params + 8 * trained, "activations": sum(outputs) * act_bytes}
 
 
 def available_bytes(device: torch.device) -> int:

@@ -43,11 +43,15 @@ def imported_payload(model_state: dict, cfg, data_meta: dict, imported: dict) ->
 
 
 def restore(state: dict, model, optimizer, scaler, path: str) -> Position:
-    """Load a checkpoint's tensors into the run's objects; returns where it stood."""
-    if "imported" in state:
+    """Load a checkpoint's tensors into the run's objects; returns where it stood. An imported whole model (an
+    original MoCo v3 checkpoint) resumes at its epoch with a fresh optimizer state; other imports start runs with
+    --init only."""
+    if "imported" in state and not state["imported"].get("resumable"):
         raise ckpt_io.CheckpointError(f"{path} holds imported weights without a training state; start a new run "
                                       f"from them with --init {path}")
     load_exactly(model, state["model"], f"checkpoint {path}", ckpt_io.CheckpointError, "this model/config")
+    if "imported" in state:
+        return Position(epoch=state["imported"]["epoch"])
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:

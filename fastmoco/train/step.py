@@ -1,14 +1,19 @@
-"""One optimizer step of MoCo, as the data flows:
+"""One optimizer step of a method (MoCo v1/v2 or v3, ``fastmoco.models.methods``), as the data flows:
 
-    for each of accum_steps micro-batches:   loss, keys = MoCo(view_1, view_2[, small views])
-                                                                             (query fwd, key fwd, InfoNCE)
+    for each of accum_steps micro-batches:   loss, keys = method(view_1, view_2[, small views])
+                                                                   (query fwd, key fwd, InfoNCE)
                                              (loss / accum_steps).backward()     (DDP all-reduces on the last)
-    optimizer step -> key encoder EMA (ops.ema_) -> enqueue of every micro-batch's keys (ops.enqueue_)
+    optimizer step -> method.after_step(keys, m): key encoder EMA (ops.ema_), and for v1/v2 the enqueue of
+                      every micro-batch's keys (ops.enqueue_)
 
 The EMA and the enqueue run once per optimizer step, never per micro-batch. With ``compile`` the forward (and
-through AOTAutograd its backward) and the EMA + enqueue are ``torch.compile``d; in one process the whole MoCo
-forward is one graph (``fullgraph=True``). Under DDP the query encoder is compiled inside its DDP wrapper and the
-key encoder on its own, so the shuffle-BN collectives stay outside the graphs.
+through AOTAutograd its backward) and the after-step are ``torch.compile``d; in one process the whole forward is
+one graph (``fullgraph=True``). Under DDP the query network is compiled inside its DDP wrapper and the key encoder
+on its own, so the collectives (shuffle-BN, the gathered keys) stay outside the graphs.
+
+Accumulation with in-batch negatives (v3): each micro-batch's queries are contrasted with the keys of that
+micro-batch on every rank (batch x world candidates), not with the whole optimizer step's; the gradients of the
+micro-batches are averaged, as for v1/v2.
 """
 import contextlib
 import warnings
@@ -16,19 +21,9 @@ import warnings
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fastmoco import ops
-from fastmoco.models.moco import QueryViews, gather_keys
-from fastmoco.ops.ema import ema_pairs
-
 from .distributed import CrossRankShuffle, ProcessGroup
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def ema_and_enqueue(dst, src, momentum: float, queue, ptr, keys) -> None:
-    """The key-encoder EMA and the ring-buffer write, fused ops only (one graph when compiled)."""
-    ops.ema_(dst, src, momentum)
-    ops.enqueue_(queue, ptr, keys)
 
 
 class MocoStep:
@@ -42,22 +37,19 @@ class MocoStep:
         self.scaler = torch.amp.GradScaler(pg.device.type, enabled=self.amp_dtype == torch.float16)
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
 
-        self.query_encoder = self.ddp = None  # None: the model's own encoder_q
+        self.query_encoder = self.ddp = None  # None: the method's own query network
         if pg.distributed:
-            if cfg.sync_bn:
-                model.encoder_q = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder_q)
-                model.encoder_k = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder_k)
-            else:
+            if cfg.sync_bn:  # the whole model; the BN modules are replaced, their parameters kept
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif hasattr(model, "key_shuffle"):
                 model.key_shuffle = CrossRankShuffle()
             ids = [pg.device.index] if pg.device.type == "cuda" else None
             with warnings.catch_warnings():  # the argument's newer name does not exist in older torch
                 warnings.simplefilter("ignore", FutureWarning)
                 # BN statistics are averaged over the ranks after each step instead (average_buffers)
-                # one DDP forward takes the query batches of every resolution (multi-crop's small views too)
-                self.query_encoder = self.ddp = DDP(QueryViews(model.encoder_q), device_ids=ids,
-                                                    broadcast_buffers=False)
-        self.bn_buffers = [] if cfg.sync_bn else [b for b in model.buffers() if b.is_floating_point()
-                                                  and b is not model.queue]
+                # one DDP forward takes the query batches of every view and resolution
+                self.query_encoder = self.ddp = DDP(model.query_network(), device_ids=ids, broadcast_buffers=False)
+        self.bn_buffers = [] if cfg.sync_bn else model.averaged_buffers()
         self.forward = model
         if cfg.compile:
             if pg.distributed:
@@ -66,11 +58,9 @@ class MocoStep:
             else:
                 self.forward = torch.compile(model, fullgraph=True, mode=mode)
         # a Python-float momentum is a compile-time constant: with a momentum schedule the EMA would recompile
-        # every step, so then the post-step runs eagerly (it is one fused op launch per dtype anyway)
-        self.post = None
-        if cfg.compile and cfg.m_schedule == "const" and cfg.ops == "fused":
-            self.post = torch.compile(ema_and_enqueue, fullgraph=True, mode=mode)
-            self.ema_dst, self.ema_src = ema_pairs(model.encoder_k, model.encoder_q, model.bn_buffers_ema)
+        # every step, so then the after-step runs eagerly (it is one fused op launch per dtype anyway)
+        if cfg.compile and cfg.m_schedule == "const":
+            model.compile_after_step(mode)
 
     def _views(self, v):
         return v.contiguous(memory_format=torch.channels_last) if self.channels_last else v
@@ -89,19 +79,15 @@ class MocoStep:
                                            *(self._views(s) for s in small))
                 self.scaler.scale(loss / len(micro_batches)).backward()
             losses.append(loss.detach())
-            keys.append(k)
+            if k is not None:
+                keys.append(k)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.after_update(torch.cat(keys), momentum)
+        self.after_update(torch.cat(keys) if keys else None, momentum)
         self.pg.average_buffers(self.bn_buffers)
         return torch.stack(losses).mean()
 
     @torch.no_grad()
-    def after_update(self, keys: torch.Tensor, momentum: float) -> None:
-        """Key encoder <- EMA(query encoder), then every rank writes all ranks' keys of this step."""
-        if self.post is None:
-            self.model.momentum_update(momentum)
-            self.model.enqueue(keys)
-        else:
-            self.post(self.ema_dst, self.ema_src, momentum, self.model.queue, self.model.ptr,
-                      gather_keys(keys).to(self.model.queue.dtype))
+    def after_update(self, keys, momentum: float) -> None:
+        """The method's after-step: the EMA (and for v1/v2 every rank writes all ranks' keys of this step)."""
+        self.model.after_step(keys, momentum)

@@ -50,7 +50,7 @@ def test_cuda_graphs_reduce_overhead_step_with_the_custom_ops():
     model = MoCo.from_config(cfg, data.in_channels).to(dev).to(memory_format=torch.channels_last)
     step = MocoStep(model, torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9), cfg,
                     ProcessGroup(device=dev))
-    assert step.post is not None  # the EMA + enqueue graph is compiled (constant momentum, fused ops)
+    assert model._post is not None  # the EMA + enqueue graph is compiled (constant momentum, fused ops)
     counters.clear()
     batches = data.epoch(0)
     for _ in range(4):  # the first calls record the graphs, the later ones replay them
@@ -58,13 +58,13 @@ def test_cuda_graphs_reduce_overhead_step_with_the_custom_ops():
     assert torch.isfinite(loss).item()
     print("inductor counters after 4 reduce-overhead steps:", dict(counters["inductor"]))
     # the compiled post-step against the eager ops, on copies: the same kernels, so the same bits
-    dst = [t.detach().clone() for t in step.ema_dst]
-    src = [t.detach().clone() for t in step.ema_src]
+    dst = [t.detach().clone() for t in model._pairs[0]]
+    src = [t.detach().clone() for t in model._pairs[1]]
     queue, ptr = model.queue.clone(), model.ptr.clone()
     keys = torch.randn(32, model.queue.shape[1], device=dev)
     e_dst, e_queue, e_ptr = [t.clone() for t in dst], queue.clone(), ptr.clone()
     for _ in range(3):
-        step.post(dst, src, cfg.m, queue, ptr, keys)
+        model._post(dst, src, cfg.m, queue, ptr, keys)
         ops.ema_(e_dst, src, cfg.m)
         ops.enqueue_(e_queue, e_ptr, keys)
     torch.cuda.synchronize()

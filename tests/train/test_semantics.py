@@ -138,7 +138,8 @@ def test_tensor_data_pairs_two_different_draws_of_the_same_image():
     images = torch.arange(64, dtype=torch.uint8).view(64, 1, 1, 1).expand(64, 1, 4, 4).contiguous()  # image i = i
     cfg = TrainConfig(batch_size=8, bn_splits=1).resolved()
     data = TensorData(cfg, "cpu", images, torch.zeros(64, dtype=torch.long), images[:1], images[:1, 0, 0, 0].long())
-    data.augment = lambda x, g: x.float() + 0.4 * torch.rand(x.shape, generator=g)  # marks each draw, keeps the image
+    mark = lambda x, g: x.float() + 0.4 * torch.rand(x.shape, generator=g)  # noqa: E731 marks each draw, keeps the image
+    data.augments = [mark, mark]
     plan = list(_Sharded.plan(data, epoch=3))
     for (v1, v2), (_, idx) in zip(data.epoch(3), plan):
         assert not torch.equal(v1, v2)  # two draws
@@ -157,7 +158,8 @@ def test_folder_pairs_two_different_draws_of_the_same_image(tmp_path):
         Image.new("RGB", (4, 4), (i * 20, 0, 0)).save(tmp_path / f"c{i % 2}" / f"{i}.png")
     cfg = TrainConfig(data=str(tmp_path), batch_size=4, bn_splits=1, workers=0).resolved()
     data = FolderData(cfg, "cpu", image_folder(str(tmp_path)), None)
-    data.pairs.transform = lambda img: TF.pil_to_tensor(img).float() + 0.4 * torch.rand(3, 4, 4)
+    mark = lambda img: TF.pil_to_tensor(img).float() + 0.4 * torch.rand(3, 4, 4)  # noqa: E731
+    data.pairs.transforms = (mark, mark)
     plan = list(data.plan(epoch=1))
     for (v1, v2), (_, idx) in zip(data.epoch(1), plan):
         assert not torch.equal(v1, v2)

@@ -16,7 +16,7 @@ from fastmoco.models import MoCo
 from fastmoco.ops.ema import ema_pairs
 from fastmoco.train import ConfigError, TrainConfig, train
 from fastmoco.train.state import RunLock
-from fastmoco.train.step import ema_and_enqueue
+from fastmoco.models.moco import ema_and_enqueue
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 B = 32
@@ -163,12 +163,14 @@ def _worker_pids(tag: str, local_rank: int):
 
 
 @pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
-def test_torchrun_restarts_a_killed_worker_and_the_group_resumes(tmp_path):
+@pytest.mark.parametrize("method", [[], ["--method", "v3", "--warmup-epochs", "0.5", "--mlp-dim", "64"]],
+                         ids=["v2", "v3"])
+def test_torchrun_restarts_a_killed_worker_and_the_group_resumes(tmp_path, method):
     out = str(tmp_path / "run")
     env = dict(os.environ, FASTMOCO_TEST_TAG=out, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
-         "-m", "fastmoco.train", *TINY_ARGS, "--out", out, "--save-every-min", "0.002"],
+         "-m", "fastmoco.train", *TINY_ARGS, *method, "--out", out, "--save-every-min", "0.002"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for(os.path.join(out, "last.pt"), proc)
     victims = _worker_pids(out, 1)

@@ -1,0 +1,130 @@
+"""MoCo v3 ResNet checkpoints of the original code, in full, both ways.
+
+The original layout (``main_moco.py`` of v3; ``module.`` absent in a single-GPU save):
+- ``module.base_encoder.<ResNet keys>`` with the projector as the ResNet's ``fc``: ``fc.0`` Linear, ``fc.1`` BN,
+  (``fc.2`` ReLU), ``fc.3`` Linear, ``fc.4`` BN without affine parameters (2 layers);
+- ``module.momentum_encoder.*``: the same, averaged;
+- ``module.predictor.{0,1,3}`` (ResNet: no last BN; ``.4`` when it has one);
+- top level: ``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``scaler``.
+fastmoco's MoCoV3 holds the same modules as ``encoder_q.backbone`` / ``encoder_q.head`` (base encoder),
+``encoder_k.*`` (momentum encoder) and ``predictor.*``, with the original's layer indices, so the mapping is a
+renaming. The original ``main_lincls.py`` reads ``module.base_encoder.*`` minus its ``fc.*``.
+"""
+import os
+import warnings
+
+import torch
+
+from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fastmoco.models import MoCoV3, load_exactly
+from fastmoco.train import checkpoint as ckpt_io
+from fastmoco.train.config import TrainConfig
+from fastmoco.train.export import read_run
+from fastmoco.train.state import imported_payload
+
+from .official import ConvertError, infer_backbone
+
+# fastmoco's module prefix -> the original's (its projector is the base ResNet's fc)
+RENAMES = (("encoder_q.head.", "base_encoder.fc."), ("encoder_q.backbone.", "base_encoder."),
+           ("encoder_k.head.", "momentum_encoder.fc."), ("encoder_k.backbone.", "momentum_encoder."),
+           ("predictor.", "predictor."))
+
+
+def _strip_module(sd: dict) -> dict:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def has_full_v3(sd: dict) -> bool:
+    """Whether a state_dict holds a whole v3 model (base and momentum encoders, predictor), not just a backbone."""
+    keys = _strip_module(sd)
+    return all(any(k.startswith(p) for k in keys) for p in ("base_encoder.fc.", "momentum_encoder.", "predictor."))
+
+
+def mlp_shape(sd: dict, prefix: str) -> tuple[int, int, int, bool]:
+    """(Linear layers, hidden width, output width, ends in a BN) of a v3 MLP stored under ``prefix``."""
+    linear = sorted(int(k[len(prefix):].split(".")[0]) for k, v in sd.items()
+                    if k.startswith(prefix) and k.endswith(".weight") and v.dim() == 2)
+    if not linear:
+        raise ConvertError(f"no Linear layers under {prefix}*")
+    last = linear[-1]
+    last_bn = f"{prefix}{last + 1}.running_mean" in sd
+    return len(linear), sd[f"{prefix}{linear[0]}.weight"].shape[0], sd[f"{prefix}{last}.weight"].shape[0], last_bn
+
+
+def to_fastmoco(sd: dict) -> dict:
+    """The original's v3 state_dict renamed to MoCoV3's."""
+    out = {}
+    for k, v in _strip_module(sd).items():
+        for ours, theirs in RENAMES:
+            if k.startswith(theirs):
+                out[ours + k[len(theirs):]] = v
+                break
+        else:
+            raise ConvertError(f"unexpected key {k!r} in a MoCo v3 checkpoint (neither base_encoder, "
+                               "momentum_encoder nor predictor)")
+    return out
+
+
+def to_original(model_sd: dict) -> dict:
+    """MoCoV3's state_dict in the original layout, ``module.`` prefixed (as its DDP runs save it)."""
+    out = {}
+    for k, v in model_sd.items():
+        for ours, theirs in RENAMES:
+            if k.startswith(ours):
+                out["module." + theirs + k[len(ours):]] = v
+                break
+    return out
+
+
+def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
+    """Writes OUT as a fastmoco v3 run that ``--resume`` continues (fresh optimizer state, from ``epoch``) and
+    ``--init`` starts from. Returns a summary of what was read."""
+    keys = _strip_module(sd)
+    backbone_sd = {k[len("base_encoder."):]: v for k, v in keys.items()
+                   if k.startswith("base_encoder.") and not k.startswith("base_encoder.fc.")}
+    shape = infer_backbone(backbone_sd)
+    proj_layers, mlp_dim, dim, proj_bn = mlp_shape(keys, "base_encoder.fc.")
+    pred_layers, _, _, pred_last_bn = mlp_shape(keys, "predictor.")
+    if not proj_bn:
+        raise ConvertError(f"{path}: the projector (base_encoder.fc) ends without its BatchNorm; not a MoCo v3 "
+                           "projector")
+    cfg = TrainConfig(data="", preset="v3", arch=shape["arch"], width=shape["width"], stem=shape["stem"], dim=dim,
+                      mlp_dim=mlp_dim, proj_layers=proj_layers, pred_layers=pred_layers, pred_last_bn=pred_last_bn,
+                      image_size=224, out=out, epochs=max(100, epoch + 1)).resolved()
+    with torch.device("meta"):  # names and shapes only: nothing is allocated
+        model = MoCoV3.from_config(dataclass_for_build(cfg), shape["in_channels"])
+    state = to_fastmoco(sd)
+    with warnings.catch_warnings():  # loading into meta tensors is a no-op torch warns about: the check is the point
+        warnings.simplefilter("ignore", UserWarning)
+        load_exactly(model, state, f"{path}: the MoCo v3 model", ConvertError,
+                     f"a v3 {shape['arch']} of width {shape['width']}, projector {proj_layers}x{mlp_dim}->{dim}")
+    meta = dict(in_channels=shape["in_channels"], image_size=224, raw_shape=None, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD)
+    summary = dict(format="MoCo v3", head=f"projector + predictor + momentum encoder (epoch {epoch})", **shape)
+    if os.path.exists(os.path.join(out, ckpt_io.LAST)):
+        raise ConvertError(f"{out} already holds a run (last.pt); choose another OUT_DIR")
+    os.makedirs(out, exist_ok=True)
+    imported = dict(source=os.path.abspath(path), format="MoCo v3", head=summary["head"], resumable=True,
+                    epoch=epoch)
+    ckpt_io.save_atomic(imported_payload(state, cfg, meta, imported), ckpt_io.checkpoint_path(out))
+    cfg.save(os.path.join(out, "config.yaml"))
+    return summary
+
+
+def dataclass_for_build(cfg: TrainConfig) -> TrainConfig:
+    """The config with the device defaults a build needs (bn_splits), as one process on CPU fills them."""
+    return cfg.for_runtime("cpu", 1)
+
+
+def export_v3(run_dir: str, out: str) -> str:
+    """A fastmoco v3 run (trained or imported) written in the original layout: ``state_dict`` with
+    ``module.base_encoder.*`` (projector as ``fc``), ``module.momentum_encoder.*``, ``module.predictor.*``, plus
+    ``epoch`` and ``arch``, so the original ``main_lincls.py --pretrained`` and ``main_moco.py --resume`` read it
+    (the latter without an optimizer state: it restarts its optimizer)."""
+    state, cfg, _meta = read_run(run_dir)
+    if cfg.method != "v3":
+        raise ConvertError(f"{run_dir} trained method {cfg.method!r}; the MoCo v3 layout holds v3 runs")
+    pos = state.get("position", {}).get("epoch", state.get("imported", {}).get("epoch", 0))
+    blob = dict(state_dict=to_original(state["model"]), epoch=pos, arch=cfg.arch)
+    ckpt_io.save_atomic(blob, out)
+    return out
