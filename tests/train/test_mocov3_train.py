@@ -130,7 +130,7 @@ def test_v3_trains_on_a_folder_with_both_loaders_and_exports(tmp_path, loader, n
     (["--method", "v3", "--small-crops", "2"], "multi-crop (--small-crops) is a v1/v2 option"),
     (["--method", "queue", "--preset", "v3"], "preset v3 is a recipe of method v3, not queue"),
     (["--method", "v3", "--sync-bn"], "sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); on CPU v3"),
-    (["--method", "v3", "--epochs", "1"], "warmup_epochs 1 must be less than epochs 1"),
+    (["--method", "v3", "--epochs", "1", "--warmup-epochs", "2"], "warmup_epochs 2 must be less than epochs 1"),
     (["--method", "v4"], "unknown method 'v4'"),
     (["--preset", "v3", "--head", "mlp"], "method v3 trains its own projector"),
 ])
@@ -148,7 +148,8 @@ def test_presets_fill_the_v3_recipe():
             cfg.warmup_epochs, cfg.dim, cfg.mlp_dim, cfg.crop_min_scale, cfg.aug) == (
         "v3", 1.0, 0.99, "cosine", "lars", 0.6, 256, 1e-6, 10.0, 256, 4096, 0.2, "v3")
     assert cfg.lr_for(8) == pytest.approx(0.6 * 128 * 8 / 256)
-    assert TrainConfig(method="v3").resolved().preset == "fmnist-v3"
+    small = TrainConfig(method="v3").resolved()
+    assert (small.preset, small.epochs, small.T, small.lr, small.mlp_dim) == ("fmnist-v3", 4, 0.2, 9.6, 1024)
     assert TrainConfig().resolved().method == "queue"
     one, ddp = (TrainConfig(preset="v3", epochs=20).resolved().for_runtime("cpu", w) for w in (1, 2))
     assert (one.sync_bn, one.bn_splits, ddp.sync_bn, ddp.bn_splits) == (False, 1, False, 1)
