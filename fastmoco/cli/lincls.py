@@ -11,10 +11,11 @@ from dataclasses import fields
 from fastmoco.cli import run_cli
 
 HELP = {
-    "protocol": "official | fast (default: fast on Fashion-MNIST, official otherwise)",
-    "epochs": "classifier epochs (default: the protocol's, 100)",
-    "lr": "learning rate (default: the protocol's: 30 official, 0.1 fast)",
-    "batch_size": "batch size (default 256)",
+    "protocol": "official (the paper's protocol of the run's method: MoCo v1/v2's, or v3's for ResNets / ViTs) | "
+                "v3 | v3-vit | fast (default: fast on Fashion-MNIST, official otherwise)",
+    "epochs": "classifier epochs (default: the protocol's: 100, 90 for v3)",
+    "lr": "learning rate (default: the protocol's: 30 official v1/v2, 0.4 v3, 12 v3-vit, 0.1 fast)",
+    "batch_size": "batch size (default: the protocol's: 256, 1024 for v3)",
     "data": "labelled training images (default: the run's --data)",
     "val": "labelled evaluation ImageFolder (default: the run's --val, or Fashion-MNIST's test set)",
     "subset": "train on the first N images only (0 = all)",
@@ -29,7 +30,7 @@ HELP = {
 
 
 def _lincls(argv):
-    from fastmoco.evaluate.lincls import LinclsSettings, run_lincls
+    from fastmoco.evaluate.lincls import PROTOCOL_CHOICES, LinclsSettings, run_lincls
 
     p = argparse.ArgumentParser(prog="fastmoco-lincls", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,7 +43,7 @@ def _lincls(argv):
         else:
             kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
             p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=HELP[f.name],
-                           choices=["official", "fast"] if f.name == "protocol" else None)
+                           choices=list(PROTOCOL_CHOICES) if f.name == "protocol" else None)
     args = vars(p.parse_args(argv))
     run_lincls(args.pop("run_dir"), LinclsSettings(**args))
 

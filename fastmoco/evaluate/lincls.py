@@ -5,6 +5,9 @@ gradient into the backbone), reported as top-1 / top-5 accuracy on held-out imag
   256, 100 epochs, lr x0.1 at epochs 60 and 80 (at 60 % and 80 % of ``--epochs`` when that is changed); training
   images augmented with a random resized crop and a flip, evaluation images resized (short side x 256/224) and
   centre-cropped.
+- ``v3`` / ``v3-vit``: MoCo v3's protocols (what ``official`` means for a v3 run on a ResNet / a ViT): SGD,
+  momentum 0.9, weight decay 0, batch 1024, 90 epochs, cosine lr from 0.1 x batch/256 (ResNet: 0.4) or
+  3 x batch/256 (ViT: 12), the same augmentation; the frozen backbone in eval mode, the class token for ViTs.
 - ``fast`` (the default on Fashion-MNIST): the features of every image are extracted once, without augmentation,
   standardised with the training set's mean and standard deviation, and the linear layer is trained on them (SGD,
   momentum 0.9, cosine lr from 0.1, batch 256, 100 epochs): 86 s on 2 CPU cores for Fashion-MNIST (measured).
@@ -30,9 +33,23 @@ from fastmoco.evaluate.knn import knn_predict
 PROTOCOLS = {
     "official": dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100, milestones=(0.6, 0.8),
                      resize_ratio=256 / 224),
+    "v3": dict(lr=0.1 * 1024 / 256, momentum=0.9, weight_decay=0.0, batch_size=1024, epochs=90, milestones=None,
+               resize_ratio=256 / 224),
+    "v3-vit": dict(lr=3.0 * 1024 / 256, momentum=0.9, weight_decay=0.0, batch_size=1024, epochs=90, milestones=None,
+                   resize_ratio=256 / 224),
     "fast": dict(lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100, milestones=None,
                  resize_ratio=1.0),
 }
+PROTOCOL_CHOICES = ("official", *PROTOCOLS)  # "official": the paper's protocol of the run's method and backbone
+
+
+def official_for(cfg) -> str:
+    """The original protocol of the method (and backbone family) a run trained."""
+    from fastmoco.models import is_timm, is_vit
+
+    if getattr(cfg, "method", None) != "v3":
+        return "official"
+    return "v3-vit" if is_vit(cfg.arch) or is_timm(cfg.arch) else "v3"
 
 
 @dataclass
@@ -181,8 +198,10 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
         raise ConfigError(f"{run_dir} holds imported weights without a dataset: pass --data (and --val)")
     val = s.val if s.val is not None else cfg.val
     name = s.protocol or ("fast" if is_fmnist_dir(data) else "official")
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+    if name not in PROTOCOL_CHOICES:
+        raise ConfigError(f"unknown protocol {name!r}; choose one of {list(PROTOCOL_CHOICES)}")
+    if name == "official":
+        name = official_for(cfg)
     proto = PROTOCOLS[name]
     s = LinclsSettings(**{**asdict(s), "protocol": name, **{k: proto[k] if getattr(s, k) is None else getattr(s, k)
                                                             for k in ("epochs", "lr", "batch_size")}})
@@ -231,4 +250,4 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
     return summary
 
 
-__all__ = ["LinclsSettings", "PROTOCOLS", "lr_at", "run_lincls"]
+__all__ = ["LinclsSettings", "PROTOCOLS", "PROTOCOL_CHOICES", "lr_at", "official_for", "run_lincls"]

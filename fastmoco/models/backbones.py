@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from .vit import build_timm, build_vit, is_timm, is_vit
+
 ARCHS = {
     "resnet10": (BasicBlock, [1, 1, 1, 1]),  # not in torchvision: a CPU-sized ResNet-18 with one block per stage
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -93,6 +95,16 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
 
 def build_backbone(arch: str, width: int, stem: str, in_channels: int, bn_splits: int = 1,
-                   zero_init_residual: bool = False) -> WideResNet:
+                   zero_init_residual: bool = False, freeze_patch_embed: bool = True) -> nn.Module:
+    """The backbone ``arch`` names: a ResNet of ``ARCHS`` (at ``width``, with ``stem``), a ViT of ``VITS`` or
+    ``timm:NAME``; each has ``feat_dim`` and returns (N, feat_dim) features."""
+    if is_vit(arch):
+        return build_vit(arch, in_channels, freeze_patch_embed)
+    if is_timm(arch):
+        return build_timm(arch, in_channels)
     norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else None
     return WideResNet(arch, width, stem, in_channels, norm_layer=norm, zero_init_residual=zero_init_residual)
+
+
+def known_arch(arch: str) -> bool:
+    return arch in ARCHS or is_vit(arch) or is_timm(arch)

@@ -54,7 +54,8 @@ class MoCo(nn.Module):
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "MoCo":
         """Build from a TrainConfig-like object; ``in_channels`` comes from the data (1 for Fashion-MNIST)."""
-        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels, cfg.bn_splits)
+        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels, cfg.bn_splits,
+                                  freeze_patch_embed=cfg.freeze_patch_embed)
         return cls(backbone, backbone.feat_dim, cfg.dim, cfg.K, cfg.m, cfg.T, cfg.head, cfg.symmetric, cfg.ops,
                    cfg.ema_bn_buffers)
 

@@ -66,8 +66,9 @@ class MoCoV3(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "MoCoV3":
-        # zero-initialised residual branches, as the original builds its ResNets
-        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels, cfg.bn_splits, zero_init_residual=True)
+        # zero-initialised residual branches, as the original builds its ResNets (ViTs: their own init)
+        backbone = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels, cfg.bn_splits, zero_init_residual=True,
+                                  freeze_patch_embed=cfg.freeze_patch_embed)
         return cls(backbone, backbone.feat_dim, cfg.dim, cfg.mlp_dim, cfg.T, cfg.m, cfg.proj_layers, cfg.pred_layers,
                    cfg.pred_last_bn, cfg.ops, cfg.ema_bn_buffers)
 
@@ -100,7 +101,7 @@ class MoCoV3(nn.Module):
         """Returns (loss, None): nothing to enqueue. ``encoder_q``: the DDP-wrapped ``query_network()``."""
         if small is not None:
             raise ValueError("MoCo v3 takes two views per image; multi-crop's small views are not part of it")
-        q1, q2 = (encoder_q or self.query_network())(im_q, im_k)
+        q1, q2 = (encoder_q if encoder_q is not None else self.query_network())(im_q, im_k)
         q1, q2 = F.normalize(q1, dim=1), F.normalize(q2, dim=1)  # (N, dim) each
         k1, k2 = self.keys(im_q), self.keys(im_k)  # (N, dim) each
         return self.ctr(q1, k2) + self.ctr(q2, k1), None

@@ -37,10 +37,10 @@ DEVICE_DEFAULTS = {
 # (84.57 vs 83.07 % at 2 epochs). It trains at 36 px (the 28 px images upsampled): larger feature maps beat more
 # epochs at 28 px per minute of CPU (86.93 % kNN at 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one
 # seed each; RESULTS.md section 2.5). "fmnist-v3" is MoCo v3 sized the same way (RESULTS.md section 10).
-_QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, m_schedule="const", optimizer="sgd", lr=0.06, lr_ref_batch=0,
-              weight_decay=5e-4, warmup_epochs=0.0)
+_QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False, m_schedule="const", optimizer="sgd", lr=0.06,
+              lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
 _V3 = dict(method="v3", head="bn-mlp", dim=256, mlp_dim=4096, m=0.99, m_schedule="cosine", aug="v3",
-           schedule="cosine", optimizer="lars")
+           schedule="cosine", optimizer="lars", proj_layers=2, pred_last_bn=False)
 PRESETS = {
     "v1": dict(_QUEUE, head="linear", T=0.07, m=0.999, aug="v1", schedule="step", crop_min_scale=0.2, jitter=0.4,
                erase_p=0.0, image_size=0),
@@ -52,11 +52,16 @@ PRESETS = {
                lr_ref_batch=256, weight_decay=1e-6, warmup_epochs=10.0),
     # measured in 1-epoch probes (RESULTS.md section 10): T 0.2 over 1.0 (77.4 vs 76.2 % kNN), base lr 9.6 over
     # 0.6 / 2.4 / 4.8 (83.7 vs 77.4 / 81.7 / 83.0 %; 19.2 gave 83.6), hidden width 1024 over 256 (80.2 vs 79.4 %)
+    # the ViT recipe of the original: AdamW (torch's betas, wd 0.1 on every parameter), lr 1.5e-4 x batch/256, 40
+    # warm-up epochs of 300, T=0.2, a 3-layer projector, the predictor with its last BN, crops from 8 % of the area
+    "v3-vit": dict(_V3, epochs=300, T=0.2, crop_min_scale=0.08, jitter=0.4, erase_p=0.0, image_size=0, lr=1.5e-4,
+                   lr_ref_batch=256, weight_decay=0.1, warmup_epochs=40.0, optimizer="adamw", proj_layers=3,
+                   pred_last_bn=True),
     "fmnist-v3": dict(_V3, epochs=4, T=0.2, crop_min_scale=0.9, jitter=0.8, erase_p=0.5, image_size=36,
                       mlp_dim=1024, lr=9.6, lr_ref_batch=256, weight_decay=1e-6, warmup_epochs=0.5),
 }
-# the preset when only --method is given
-METHOD_PRESETS = {"queue": "fmnist", "v3": "fmnist-v3"}
+# the preset when only --method is given (v3 on a ViT: the ViT recipe)
+METHOD_PRESETS = {"queue": "fmnist", "v3": "fmnist-v3", "v3-vit": "v3-vit"}
 AUGS = ("v1", "v2", "v3")
 
 
@@ -92,7 +97,11 @@ class TrainConfig:
     method: Optional[str] = field(default=None, metadata=dict(
         help="queue (MoCo v1/v2: negatives from a queue of earlier keys) | v3 (negatives from the global batch, a "
              "predictor, no queue) (preset)"))
-    arch: str = field(default="resnet10", metadata=dict(help="resnet10 | resnet18 | resnet34 | resnet50"))
+    arch: str = field(default="resnet10", metadata=dict(
+        help="resnet10 | resnet18 | resnet34 | resnet50 | vit_small | vit_base | vit_fmnist (patch 4, for 28-36 px) "
+             "| timm:NAME (any timm model, its own pooled features)"))
+    freeze_patch_embed: bool = field(default=True, metadata=dict(
+        help="ViTs: keep the randomly initialised patch projection frozen (MoCo v3's stability trick)"))
     width: int = field(default=16, metadata=dict(help="base width (64 = torchvision's nets)"))
     stem: str = field(default="small-s2", metadata=dict(help="small (3x3/1) | small-s2 (3x3/2) | imagenet (7x7/2+pool)"))
     bn_splits: Optional[int] = field(default=None, metadata=dict(
@@ -105,10 +114,11 @@ class TrainConfig:
     dim: Optional[int] = field(default=None, metadata=dict(help="embedding size (preset: 128 v1/v2, 256 v3)"))
     mlp_dim: Optional[int] = field(default=None, metadata=dict(
         help="v3: hidden width of the projector and the predictor (preset)"))
-    proj_layers: int = field(default=2, metadata=dict(help="v3: Linear layers of the projector (2 ResNet, 3 ViT)"))
+    proj_layers: Optional[int] = field(default=None, metadata=dict(
+        help="v3: Linear layers of the projector (preset: 2 ResNet, 3 ViT)"))
     pred_layers: int = field(default=2, metadata=dict(help="v3: Linear layers of the predictor"))
-    pred_last_bn: bool = field(default=False, metadata=dict(
-        help="v3: the predictor ends in a BatchNorm (off for ResNets, on for ViTs, as the original)"))
+    pred_last_bn: Optional[bool] = field(default=None, metadata=dict(
+        help="v3: the predictor ends in a BatchNorm (preset: off for ResNets, on for ViTs, as the original)"))
     # 1024: in runs of a few thousand steps a smaller queue measured better (84.18 vs 83.07 % kNN at 4096, 2 epochs)
     K: int = field(default=1024, metadata=dict(help="queue size (negative keys)"))
     m: Optional[float] = field(default=None, metadata=dict(help="key-encoder momentum (preset)"))
@@ -131,7 +141,8 @@ class TrainConfig:
              "(preset: 0 v1/v2, 256 v3)"))
     optimizer: Optional[str] = field(default=None, metadata=dict(
         help="sgd | lars (large batches: per-tensor trust ratio 0.001, biases and BN parameters excluded from it "
-             "and from weight decay, as MoCo v3 trains ResNets) (preset)"))
+             "and from weight decay, as MoCo v3 trains ResNets) | adamw (MoCo v3's ViTs: decay on every parameter) "
+             "(preset)"))
     sgd_momentum: float = field(default=0.9, metadata=dict(help="momentum (SGD or LARS)"))
     weight_decay: Optional[float] = field(default=None, metadata=dict(
         help="weight decay (LARS: weights only) (preset: 5e-4 v1/v2, 1e-6 v3)"))
@@ -172,7 +183,10 @@ class TrainConfig:
 
         if self.method is not None and self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        preset = self.preset or METHOD_PRESETS[self.method or "queue"]
+        from fastmoco.models import is_vit
+
+        method = self.method or "queue"
+        preset = self.preset or METHOD_PRESETS["v3-vit" if method == "v3" and is_vit(self.arch) else method]
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         if self.method is not None and PRESETS[preset]["method"] != self.method:
@@ -219,7 +233,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         from fastmoco.data import LOADERS
-        from fastmoco.models import ARCHS, HEADS, METHODS, STEMS
+        from fastmoco.models import ARCHS, HEADS, METHODS, STEMS, VITS, known_arch
 
         from .optim import OPTIMIZERS
 
@@ -229,7 +243,8 @@ class TrainConfig:
 
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.K >= 1, f"K (queue size) must be >= 1, got {self.K}")
-        need(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
+        need(known_arch(self.arch), f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS) + sorted(VITS)} or "
+             "timm:NAME")
         need(self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of {list(STEMS)}")
         need(self.width >= 1, f"width must be >= 1, got {self.width}")
         need(self.method in METHODS, f"unknown method {self.method!r}; choose one of {list(METHODS)}")
@@ -344,7 +359,7 @@ class TrainConfig:
 # code's checkpoint (MoCo v3's) fixes the model's shapes only: it was not trained on this data or in this order.
 MODEL_SHAPE = ("method", "arch", "width", "stem", "head", "dim", "K", "mlp_dim", "proj_layers", "pred_layers",
                "pred_last_bn")
-FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", *MODEL_SHAPE, "batch_size", "symmetric", "optimizer")
+FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", *MODEL_SHAPE, "freeze_patch_embed", "batch_size", "symmetric", "optimizer")
 NOT_COMPARED = ("resume", "overwrite")
 IMPORT_UNSET = ("data",)  # an imported run names no data: "" there, never taken as a --data path
 
@@ -415,7 +430,8 @@ def check_finite(name: str, value) -> None:
 
 def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
     """argparse generated from TrainConfig: one ``--flag-name`` per field, defaults shown from the dataclass."""
-    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, CPU-sized).",
+    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, "
+                                "CPU-sized).",
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     for f in fields(TrainConfig):

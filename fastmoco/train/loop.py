@@ -1,5 +1,5 @@
-"""The training loop: data -> the method's step (compiled, DDP) -> its after-step (EMA, enqueue), with checkpoints at epoch ends, every
-``save_every_min`` minutes and on SIGTERM/SIGINT, the kNN monitor and the run's metrics.
+"""The training loop: data -> the method's step (compiled, DDP) -> its after-step (EMA, enqueue), with checkpoints
+at epoch ends, every ``save_every_min`` minutes and on SIGTERM/SIGINT, the kNN monitor and the run's metrics.
 
 ``train(cfg)`` is ``Trainer(cfg).fit()``. Under torchrun every process runs it; rank 0 alone writes the run
 directory (checkpoints, metrics.csv, TensorBoard, curves.png), draws the progress bar and runs the kNN monitor

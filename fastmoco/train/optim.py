@@ -1,5 +1,5 @@
-"""The optimizers a run can use: SGD with momentum (MoCo v1/v2) and LARS (the large-batch optimizer MoCo v3 trains
-its ResNets with).
+"""The optimizers a run can use: SGD with momentum (MoCo v1/v2), LARS (the large-batch optimizer MoCo v3 trains
+its ResNets with) and AdamW (its ViTs: torch's betas and eps, weight decay on every parameter).
 
 LARS, as MoCo v3 applies it: for every tensor with more than one dimension (weights), the update is
 d = grad + weight_decay * p, scaled by the trust ratio trust_coefficient * ||p|| / ||d|| (1 where either norm is
@@ -8,7 +8,7 @@ ratio. Then momentum on the scaled update: buf <- momentum * buf + d, p <- p - l
 """
 import torch
 
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 class LARS(torch.optim.Optimizer):
@@ -50,4 +50,6 @@ def build_optimizer(cfg, params, lr: float) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over ``params`` at ``lr``, with the run's momentum and weight decay."""
     if cfg.optimizer == "lars":
         return LARS(params, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)

@@ -3,7 +3,7 @@ network can take, and a memory estimate against what the device has free (instea
 OOM killer minutes later)."""
 import torch
 
-from fastmoco.models import build_backbone, build_method
+from fastmoco.models import VITS, build_backbone, build_method, is_timm, is_vit
 from fastmoco.models.backbones import STEM_STRIDE
 
 from .config import ConfigError
@@ -12,10 +12,19 @@ GiB = 2**30
 
 
 def check_image_size(cfg, image_size: int, flag: str = "--image-size") -> None:
-    """The last stage must see at least one pixel of the image: the side must reach the network's total stride."""
+    """A ResNet's last stage must see at least one pixel of the image (the side must reach the network's total
+    stride); a ViT's side must be a whole number of patches."""
+    what = flag[2:].replace("-", " ")  # "image size", "small crop size"
+    if is_vit(cfg.arch):
+        patch = VITS[cfg.arch]["patch_size"]
+        if image_size < patch or image_size % patch:
+            raise ConfigError(f"{what} {image_size} is not a multiple of {cfg.arch}'s patch size {patch}; use "
+                              f"{flag} {max(patch, image_size // patch * patch)}")
+        return
+    if is_timm(cfg.arch):  # timm's models check their own input
+        return
     stride = STEM_STRIDE[cfg.stem] * 8  # the stem, then layer2..layer4 halve the side three times
     if image_size < stride:
-        what = flag[2:].replace("-", " ")  # "image size", "small crop size"
         raise ConfigError(f"{what} {image_size} is smaller than the network's total stride {stride} (stem "
                           f"{cfg.stem!r}); use {flag} >= {stride} or a smaller stem (--stem small)")
 
@@ -38,6 +47,13 @@ def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) 
     for h in hooks:
         h.remove()
     act_bytes = 2 if cfg.amp else 4
+    if is_vit(cfg.arch):  # each block's attention probabilities, (B, heads, T, T), are kept for the backward too
+        spec = VITS[cfg.arch]
+        tokens = lambda side: (side // spec["patch_size"]) ** 2 + 1  # noqa: E731 patches + the class token
+        attn = cfg.batch_size * views * tokens(image_size) ** 2
+        if cfg.small_crops:
+            attn += cfg.batch_size * cfg.small_crops * tokens(small_size) ** 2
+        outputs.append(attn * spec["num_heads"] * spec["depth"])
     params = sum(p.numel() for p in method.parameters())  # query and key encoders (and predictor)
     trained = sum(p.numel() for p in method.query_network().parameters())  # with a gradient and a momentum buffer
     queue = sum(b.numel() for name, b in method.named_buffers() if name == "queue")

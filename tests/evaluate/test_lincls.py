@@ -158,3 +158,15 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     res = cli(str(tmp_path / "empty"))
     assert res.returncode == 2 and res.stderr.strip() == (
         f"fastmoco-lincls: error: {tmp_path / 'empty'} is not a fastmoco run directory (no last.pt)")
+
+
+def test_official_means_the_protocol_of_the_runs_method_and_backbone():
+    from fastmoco.evaluate.lincls import PROTOCOLS, official_for
+    from fastmoco.train import TrainConfig
+
+    assert official_for(TrainConfig().resolved()) == "official"  # MoCo v1/v2: lr 30, 100 epochs, steps
+    assert official_for(TrainConfig(method="v3").resolved()) == "v3"
+    assert official_for(TrainConfig(method="v3", arch="vit_small", epochs=300).resolved()) == "v3-vit"
+    v3, vit = PROTOCOLS["v3"], PROTOCOLS["v3-vit"]
+    assert (v3["lr"], vit["lr"], v3["batch_size"], v3["epochs"], v3["weight_decay"], v3["milestones"]) == (
+        0.4, 12.0, 1024, 90, 0.0, None)  # 0.1 and 3 x batch/256, cosine, no weight decay

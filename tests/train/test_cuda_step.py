@@ -70,3 +70,37 @@ def test_cuda_graphs_reduce_overhead_step_with_the_custom_ops():
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(dst, e_dst))
     assert torch.equal(queue, e_queue) and torch.equal(ptr, e_ptr)
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_v3_steps_make_no_host_sync_and_match_the_fp32_reference_loss():
+    """MoCo v3 on one GPU: bf16 autocast, channels-last, LARS (its trust ratio stays a device tensor), the
+    in-batch Triton loss; no host sync per step, and its first loss equals the reference ops' at fp32."""
+    from fastmoco.models import build_method
+    from fastmoco.train.optim import build_optimizer
+
+    dev = torch.device("cuda")
+    cfg = TrainConfig(method="v3", batch_size=32, width=4, mlp_dim=64, compile=False).resolved().for_runtime("cuda", 1)
+    images = torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.zeros(256, dtype=torch.long)
+    data = TensorData(cfg, dev, images, labels, images[:1], labels[:1])
+    model = build_method(cfg, data.in_channels).to(dev).to(memory_format=torch.channels_last)
+    step = MocoStep(model, build_optimizer(cfg, model.query_network().parameters(), 0.3), cfg, ProcessGroup(device=dev))
+    batches = data.epoch(0)
+    v1, v2 = next(batches)
+    with torch.no_grad():
+        fused = model(v1, v2)[0]
+        model.ops_impl = "reference"
+        ref = model(v1, v2)[0]
+        model.ops_impl = "fused"
+    torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
+    step([(v1, v2)], cfg.m)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            loss = step([next(batches)], cfg.m)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item()

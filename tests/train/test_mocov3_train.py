@@ -95,8 +95,9 @@ def _v3_worker(rank, world, port, results, cfg_kw):
         trainer.close()
 
 
-def test_two_gloo_ranks_train_v3_and_stay_identical(tmp_path):
-    res = _spawn(_v3_worker, dict(TINY, out=str(tmp_path), max_steps=3, threads=1))
+@pytest.mark.parametrize("arch", [{}, dict(arch="vit_fmnist", image_size=28)], ids=["resnet", "vit"])
+def test_two_gloo_ranks_train_v3_and_stay_identical(tmp_path, arch):
+    res = _spawn(_v3_worker, dict(TINY, out=str(tmp_path), max_steps=3, threads=1, **arch))
     a, b = res[0], res[1]
     assert a["steps"] == b["steps"] == 3
     assert (a["sync_bn"], a["splits"]) == (False, 1)  # gloo: per-rank BN, statistics averaged after each step
@@ -153,5 +154,8 @@ def test_presets_fill_the_v3_recipe():
     assert TrainConfig().resolved().method == "queue"
     one, ddp = (TrainConfig(preset="v3", epochs=20).resolved().for_runtime("cpu", w) for w in (1, 2))
     assert (one.sync_bn, one.bn_splits, ddp.sync_bn, ddp.bn_splits) == (False, 1, False, 1)
+    gpus = TrainConfig(preset="v3").resolved().for_runtime("cuda", 8)  # the original: SyncBN under DDP on GPUs
+    assert (gpus.sync_bn, gpus.bn_splits) == (True, 1)
+    assert TrainConfig().resolved().for_runtime("cuda", 8).sync_bn is False  # v1/v2 keep shuffle-BN
     with pytest.raises(ConfigError, match="sync_bn needs CUDA"):
         TrainConfig(preset="v3", epochs=20, sync_bn=True).resolved().for_runtime("cpu", 2)
