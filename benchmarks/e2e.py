@@ -27,9 +27,10 @@ from naive import naive_enqueue  # noqa: E402
 
 from fastmoco.data import TensorData, build_data  # noqa: E402
 from fastmoco.data.transforms import view_transform  # noqa: E402
-from fastmoco.models import MoCo  # noqa: E402
+from fastmoco.models import build_method  # noqa: E402
 from fastmoco.train import TrainConfig  # noqa: E402
 from fastmoco.train.distributed import ProcessGroup  # noqa: E402
+from fastmoco.train.optim import build_optimizer  # noqa: E402
 from fastmoco.train.step import MocoStep  # noqa: E402
 
 PHASES = ["data wait", "query fwd+bwd", "key fwd", "loss", "optimizer", "EMA", "enqueue"]
@@ -115,12 +116,11 @@ def _data(cfg, device):
 def _build(cfg, device, ops_impl):
     torch.manual_seed(0)
     data = _data(cfg, device)
-    model = MoCo.from_config(cfg, data.in_channels).to(device)
+    model = build_method(cfg, data.in_channels).to(device)
     model.ops_impl = ops_impl
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
-                          weight_decay=cfg.weight_decay)
+    opt = build_optimizer(cfg, model.query_network().parameters(), cfg.lr_for(1))
     return data, model, opt
 
 
@@ -169,8 +169,10 @@ def measure(cfg, device, steps, warmup, skip_official=False):
     t0 = time.perf_counter()
     run(steps)
     rows = [("fastmoco (train step)", steps * cfg.global_batch(1) / (time.perf_counter() - t0), None)]
+    # the phase breakdown and the official-style loop are MoCo v1/v2's (queue, enqueue): v3 runs the step only
+    rows_wanted = 0 if cfg.method == "v3" else 1 if skip_official else 2
     for name, c, official in (("fastmoco (phases)", cfg, False), ("official-style (phases)", official_config(cfg),
-                                                                   True))[:1 if skip_official else 2]:
+                                                                   True))[:rows_wanted]:
         run_ph = phase_runner(c, device, official)
         run_ph(warmup, Phases(device))
         ph = Phases(device)
@@ -186,7 +188,11 @@ def config(args, device) -> TrainConfig:
     if args.gpu_resnet50:
         kw.update(arch="resnet50", width=64, stem="imagenet", image_size=224, batch_size=256, K=65536, amp=True,
                   channels_last=True, compile=True, preset="v2")
-    for name in ("arch", "width", "stem", "image_size", "batch_size", "K", "compile", "subset", "compile_mode"):
+    if args.gpu_vit_small:  # MoCo v3's ViT-S/16 recipe (AdamW, frozen patch projection), bf16, compiled
+        kw.update(method="v3", arch="vit_small", image_size=224, batch_size=128, amp=True, channels_last=True,
+                  compile=True)
+    for name in ("method", "arch", "width", "stem", "image_size", "batch_size", "K", "compile", "subset",
+                 "compile_mode"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     return TrainConfig(**kw).resolved().for_runtime(device.type, 1)
@@ -198,7 +204,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, worker start-up)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu-resnet50", action="store_true", help="ResNet-50 224 px bf16 batch 256 K=65536 (CUDA)")
-    for name, typ in (("arch", str), ("width", int), ("stem", str), ("image_size", int), ("batch_size", int),
+    p.add_argument("--gpu-vit-small", action="store_true", help="MoCo v3 ViT-S/16 224 px bf16 batch 128 (CUDA)")
+    for name, typ in (("method", str), ("arch", str), ("width", int), ("stem", str), ("image_size", int), ("batch_size", int),
                       ("K", int), ("subset", int)):
         p.add_argument("--" + name.replace("_", "-"), type=typ)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
@@ -209,10 +216,10 @@ def main(argv=None):
                    help="N random 3-channel uint8 images (256 px, 1.2x the crop for --gpu-resnet50) instead of a dataset")
     args = p.parse_args(argv)
     if args.synthetic:
-        SYNTHETIC.update(n=args.synthetic, side=256 if args.gpu_resnet50 else 32)
+        SYNTHETIC.update(n=args.synthetic, side=256 if args.gpu_resnet50 or args.gpu_vit_small else 32)
     device = torch.device(args.device)
     cfg = config(args, device)
-    print(f"model {cfg.arch} width {cfg.width} stem {cfg.stem}, {cfg.image_size or 'native'} px, batch "
+    print(f"method {cfg.method}, model {cfg.arch} width {cfg.width} stem {cfg.stem}, {cfg.image_size or 'native'} px, batch "
           f"{cfg.batch_size}, K {cfg.K}, amp {cfg.amp}, channels_last {cfg.channels_last}, compile {cfg.compile} "
           f"({cfg.compile_mode}), "
           f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")

@@ -43,6 +43,10 @@ FASTMOCO_AUTOTUNE=1 python3 -m pytest -q benchmarks/test_bench_infonce.py --benc
 python3 benchmarks/e2e.py --gpu-resnet50 --synthetic 4096 --steps 40 --warmup 5 --skip-official 2>&1 \
   | tee "$OUT/e2e_resnet50.txt"
 
+# MoCo v3's ViT-S/16 at 224 px, bf16, compiled step, batch 128 on synthetic images: pairs/s (issue: ViTs)
+python3 benchmarks/e2e.py --gpu-vit-small --synthetic 2048 --steps 30 --warmup 5 --skip-official 2>&1 \
+  | tee "$OUT/e2e_vit_small_v3.txt"
+
 # host overhead of the CUDA step: a small, host-bound step (the default ResNet-10 w16 at 36 px, batch 128,
 # synthetic images) compiled without and with CUDA graphs (--compile-mode reduce-overhead); the difference in
 # ms per step is the Python and launch time the graphs remove

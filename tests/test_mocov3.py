@@ -204,3 +204,10 @@ def test_forward_traces_as_one_graph():
 def test_small_views_are_refused_by_the_module():
     with pytest.raises(ValueError, match="multi-crop"):
         _v3()(torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16), None, torch.randn(8, 1, 8, 8))
+
+
+def test_bad_v3_arguments():
+    backbone = build_backbone("resnet10", 4, "small", 1)
+    for kw, msg in ((dict(T=0.0), "temperature"), (dict(m=1.5), "momentum"), (dict(ops_impl="fast"), "ops must")):
+        with pytest.raises(ValueError, match=msg):
+            MoCoV3(backbone, backbone.feat_dim, **kw)

@@ -119,3 +119,27 @@ def test_any_timm_model_is_a_backbone():
         build_backbone("timm:no_such_net", 0, "", 3)
     with pytest.raises(ConfigError, match="unknown arch 'vit_huge'"):
         TrainConfig(arch="vit_huge").resolved()
+
+
+@pytest.mark.slow
+def test_a_v3_vit_run_trains_exports_and_its_extractor_matches(tmp_path):
+    """A tiny v3 ViT run on Fashion-MNIST end to end: training, kNN, the torch.export extractor (class token)."""
+    import os
+
+    from conftest import FMNIST_DIR
+    from fastmoco.train import train
+    from fastmoco.train.export import export_run, load_backbone, load_extractor
+
+    if not os.path.isdir(FMNIST_DIR):
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    out = tmp_path / "vit"
+    summary = train(TrainConfig(method="v3", arch="vit_fmnist", image_size=28, subset=512, batch_size=32,
+                                mlp_dim=32, epochs=1, warmup_epochs=0.5, progress=False, knn_k=10,
+                                out=str(out)).resolved(), log=lambda *_: None)
+    assert summary["knn_top1"] is not None
+    paths = export_run(str(out))
+    backbone, _, _ = load_backbone(str(out))
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        expect = backbone.eval()((x - 0.2860) / 0.3530)
+    torch.testing.assert_close(load_extractor(paths["features"])(x), expect, atol=1e-5, rtol=1e-5)

@@ -25,6 +25,16 @@ from .backbones import build_backbone
 from .heads import projection_head
 
 
+def check_method_args(m: float, T: float, ops_impl: str) -> None:
+    """The arguments every method takes: key momentum, temperature, which ops run."""
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum m must be in [0, 1], got {m}")
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+    if ops_impl not in ("fused", "reference"):
+        raise ValueError(f"ops must be 'fused' or 'reference', got {ops_impl!r}")
+
+
 class MoCo(nn.Module):
     def __init__(self, backbone: nn.Module, feat_dim: int, dim: int = 128, K: int = 65536, m: float = 0.999,
                  T: float = 0.07, head: str = "linear", symmetric: bool = False, ops_impl: str = "fused",
@@ -32,12 +42,7 @@ class MoCo(nn.Module):
         super().__init__()
         if K < 1:
             raise ValueError(f"queue size K must be >= 1, got {K}")
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"momentum m must be in [0, 1], got {m}")
-        if T <= 0:
-            raise ValueError(f"temperature T must be > 0, got {T}")
-        if ops_impl not in ("fused", "reference"):
-            raise ValueError(f"ops must be 'fused' or 'reference', got {ops_impl!r}")
+        check_method_args(m, T, ops_impl)
         self.K, self.m, self.T, self.symmetric, self.ops_impl = K, m, T, symmetric, ops_impl
         self.bn_buffers_ema = bn_buffers_ema
         self.encoder_q = nn.Sequential()

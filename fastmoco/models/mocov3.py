@@ -39,7 +39,7 @@ from fastmoco.ops.ema import ema_pairs
 
 from .backbones import build_backbone
 from .heads import bn_mlp
-from .moco import gather_keys
+from .moco import check_method_args, gather_keys
 
 
 class MoCoV3(nn.Module):
@@ -47,12 +47,7 @@ class MoCoV3(nn.Module):
                  m: float = 0.99, proj_layers: int = 2, pred_layers: int = 2, pred_last_bn: bool = False,
                  ops_impl: str = "fused", bn_buffers_ema: bool = False):
         super().__init__()
-        if not 0.0 <= m <= 1.0:
-            raise ValueError(f"momentum m must be in [0, 1], got {m}")
-        if T <= 0:
-            raise ValueError(f"temperature T must be > 0, got {T}")
-        if ops_impl not in ("fused", "reference"):
-            raise ValueError(f"ops must be 'fused' or 'reference', got {ops_impl!r}")
+        check_method_args(m, T, ops_impl)
         self.m, self.T, self.ops_impl, self.bn_buffers_ema = m, T, ops_impl, bn_buffers_ema
         # encoder_q is the original's base encoder: the backbone with the projector as its head
         self.encoder_q = nn.Sequential()
