@@ -37,8 +37,8 @@ DEVICE_DEFAULTS = {
 # (84.57 vs 83.07 % at 2 epochs). It trains at 36 px (the 28 px images upsampled): larger feature maps beat more
 # epochs at 28 px per minute of CPU (86.93 % kNN at 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one
 # seed each; RESULTS.md section 2.5). "fmnist-v3" is MoCo v3 sized the same way (RESULTS.md section 10).
-_QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False, m_schedule="const", optimizer="sgd", lr=0.06,
-              lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
+_QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False, m_schedule="const",
+              optimizer="sgd", lr=0.06, lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
 _V3 = dict(method="v3", head="bn-mlp", dim=256, mlp_dim=4096, m=0.99, m_schedule="cosine", aug="v3",
            schedule="cosine", optimizer="lars", proj_layers=2, pred_last_bn=False)
 PRESETS = {
