@@ -93,6 +93,13 @@ def check_queue(queue, dim: int | None, path: str) -> None:
                            f"(the queue should be ({dim}, K))")
 
 
+def claim_run_dir(out: str) -> None:
+    """OUT made ready for an imported run: created, and refused if it already holds one."""
+    if os.path.exists(os.path.join(out, ckpt_io.LAST)):
+        raise ConvertError(f"{out} already holds a run (last.pt); choose another OUT_DIR")
+    os.makedirs(out, exist_ok=True)
+
+
 def import_official(path: str, out: str) -> dict:
     """Writes OUT as a fastmoco run directory (``last.pt`` + ``config.yaml``), or, when OUT ends in .pt/.pth,
     only the backbone's state_dict with torchvision names. Returns a summary of what was read."""
@@ -119,9 +126,7 @@ def import_official(path: str, out: str) -> dict:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         ckpt_io.save_atomic(backbone.state_dict(), out)
         return summary
-    if os.path.exists(os.path.join(out, ckpt_io.LAST)):
-        raise ConvertError(f"{out} already holds a run (last.pt); choose another OUT_DIR")
-    os.makedirs(out, exist_ok=True)
+    claim_run_dir(out)
     model = {PREFIX + k: v for k, v in backbone.state_dict().items()}
     if head:
         model.update({"encoder_q.head." + k: v for k, v in head_sd.items()})

@@ -22,7 +22,7 @@ from fastmoco.train.config import TrainConfig
 from fastmoco.train.export import read_run
 from fastmoco.train.state import imported_payload
 
-from .official import ConvertError, infer_backbone
+from .official import ConvertError, claim_run_dir, infer_backbone
 
 # fastmoco's module prefix -> the original's (its projector is the base ResNet's fc)
 RENAMES = (("encoder_q.head.", "base_encoder.fc."), ("encoder_q.backbone.", "base_encoder."),
@@ -92,7 +92,7 @@ def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
                       mlp_dim=mlp_dim, proj_layers=proj_layers, pred_layers=pred_layers, pred_last_bn=pred_last_bn,
                       image_size=224, out=out, epochs=max(100, epoch + 1)).resolved()
     with torch.device("meta"):  # names and shapes only: nothing is allocated
-        model = MoCoV3.from_config(dataclass_for_build(cfg), shape["in_channels"])
+        model = MoCoV3.from_config(cfg.for_runtime("cpu", 1), shape["in_channels"])  # bn_splits filled in
     state = to_fastmoco(sd)
     with warnings.catch_warnings():  # loading into meta tensors is a no-op torch warns about: the check is the point
         warnings.simplefilter("ignore", UserWarning)
@@ -101,19 +101,12 @@ def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
     meta = dict(in_channels=shape["in_channels"], image_size=224, raw_shape=None, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD)
     summary = dict(format="MoCo v3", head=f"projector + predictor + momentum encoder (epoch {epoch})", **shape)
-    if os.path.exists(os.path.join(out, ckpt_io.LAST)):
-        raise ConvertError(f"{out} already holds a run (last.pt); choose another OUT_DIR")
-    os.makedirs(out, exist_ok=True)
+    claim_run_dir(out)
     imported = dict(source=os.path.abspath(path), format="MoCo v3", head=summary["head"], resumable=True,
                     epoch=epoch)
     ckpt_io.save_atomic(imported_payload(state, cfg, meta, imported), ckpt_io.checkpoint_path(out))
     cfg.save(os.path.join(out, "config.yaml"))
     return summary
-
-
-def dataclass_for_build(cfg: TrainConfig) -> TrainConfig:
-    """The config with the device defaults a build needs (bn_splits), as one process on CPU fills them."""
-    return cfg.for_runtime("cpu", 1)
 
 
 def export_v3(run_dir: str, out: str) -> str:

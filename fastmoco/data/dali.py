@@ -126,13 +126,12 @@ def _to_torch(outputs, device, count: int):
 class DaliEpochs:
     """Runs one data source's DALI pipeline, an epoch (or the rest of one) at a time."""
 
-    def __init__(self, spec, batch_size: int, device: torch.device, threads: int,
+    def __init__(self, specs, batch_size: int, device: torch.device, threads: int,
                  small: ViewSpec | None = None, small_crops: int = 0):
-        """``spec``: one ViewSpec for both views, or (view 1's, view 2's)."""
+        """``specs``: (view 1's ViewSpec, view 2's)."""
         if not available():
             raise DataError(f"the DALI loader needs NVIDIA DALI ({INSTALL_HINT}): {_IMPORT_ERROR}")
-        pair = list(spec) if isinstance(spec, (list, tuple)) else [spec, spec]
-        self.specs = pair + [small] * small_crops  # view 1, view 2, then the small views
+        self.specs = list(specs) + [small] * small_crops  # view 1, view 2, then the small views
         self.batch_size, self.device = batch_size, torch.device(device)
         gpu = self.device.type == "cuda"
         self.kw = dict(batch_size=batch_size, num_threads=max(1, threads), prefetch_queue_depth=PREFETCH,

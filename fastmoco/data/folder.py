@@ -110,13 +110,12 @@ def image_folder(root: str, transform=None) -> ImageFolder:
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """Wraps an ImageFolder: item = (view 1, view 2), independent draws of ``transform`` (one transform for both
-    views, or a pair: view 1's and view 2's), then (multi-crop) ``small_crops`` draws of ``small`` stacked as
-    (S, C, s, s)."""
+    """Wraps an ImageFolder: item = (view 1, view 2), independent draws of ``transforms`` (view 1's, view 2's),
+    then (multi-crop) ``small_crops`` draws of ``small`` stacked as (S, C, s, s)."""
 
-    def __init__(self, ds: ImageFolder, transform, small=None, small_crops: int = 0):
+    def __init__(self, ds: ImageFolder, transforms, small=None, small_crops: int = 0):
         self.ds, self.small, self.small_crops = ds, small, small_crops
-        self.transforms = tuple(transform) if isinstance(transform, (list, tuple)) else (transform, transform)
+        self.transforms = tuple(transforms)
 
     def __len__(self):
         return len(self.ds)

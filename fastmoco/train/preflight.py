@@ -3,7 +3,7 @@ network can take, and a memory estimate against what the device has free (instea
 OOM killer minutes later)."""
 import torch
 
-from fastmoco.models import VITS, build_backbone, build_method, is_timm, is_vit
+from fastmoco.models import VITS, build_method, is_timm, is_vit
 from fastmoco.models.backbones import STEM_STRIDE
 
 from .config import ConfigError
@@ -34,8 +34,8 @@ def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) 
     v3's projector and predictor included) and the query forward's activations kept for the backward (each
     backbone module's output, traced on the meta device), multi-crop's small views included."""
     with torch.device("meta"):
-        net = build_backbone(cfg.arch, cfg.width, cfg.stem, in_channels)
         method = build_method(cfg, in_channels)
+    net = method.backbone
     outputs = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
              for m in net.modules() if not list(m.children())]
