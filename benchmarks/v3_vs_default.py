@@ -2,6 +2,7 @@
 
     python benchmarks/v3_vs_default.py --seeds 0 1 2 --v3-epochs 4
     python benchmarks/v3_vs_default.py --seeds 0 --only v3 -- --T 0.1    # extra fastmoco-train arguments for v3
+    python benchmarks/v3_vs_default.py --label vit_fmnist --v3-epochs 1 -- --arch vit_fmnist --subset 30000
 
 For each seed, one after another (never two runs at once: on 2 cores they slow each other 10x): the default
 `fastmoco-train`, then `fastmoco-train --method v3 --epochs E`, each followed by the fast linear protocol
@@ -51,6 +52,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--v3-epochs", type=int, default=4)
     p.add_argument("--only", choices=["default", "v3"])
+    p.add_argument("--label", default="v3", help="the v3 runs' name in the table and their run directories")
     p.add_argument("--out", default="runs/v3_vs_default")
     p.add_argument("v3_args", nargs="*", help="extra fastmoco-train arguments for the v3 runs (after --)")
     args = p.parse_args()
@@ -59,14 +61,15 @@ def main() -> int:
         if args.only != "v3":
             rows.append(one("default", seed, [], args.out))
         if args.only != "default":
-            rows.append(one("v3", seed, ["--method", "v3", "--epochs", str(args.v3_epochs), *args.v3_args], args.out))
+            rows.append(one(args.label, seed, ["--method", "v3", "--epochs", str(args.v3_epochs), *args.v3_args],
+                            args.out))
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores\n")
     print("| method | seed | kNN top-1 | fast linear top-1 | training wall time | arguments |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['seed']} | {r['knn']:.2f} % | {r['linear']:.2f} % | {r['train_s']:.0f} s | "
               f"`{r['args']}` |")
-    for name in ("default", "v3"):
+    for name in ("default", args.label):
         mine = [r for r in rows if r["method"] == name]
         if mine:
             sd = (lambda xs: f" ({statistics.stdev(xs):.2f})" if len(xs) > 1 else "")

@@ -191,7 +191,7 @@ def test_a_tensor_of_the_wrong_shape_or_a_queue_of_the_wrong_width_is_one_line(t
     assert convert_cli.main(["import", str(tmp_path / "reshaped.pth"), str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"fastmoco-convert: error: {tmp_path / 'reshaped.pth'}: the backbone does not fit a resnet18 of "
-                   "width 64 (size mismatch for layer2.0.conv1.weight: the file holds (128, 64, 1, 1), this model "
+                   "width 64, imagenet stem (size mismatch for layer2.0.conv1.weight: the file holds (128, 64, 1, 1), this model "
                    "needs (128, 64, 3, 3))")
     sd = torch.load(path, weights_only=True)
     sd["state_dict"]["module.queue"] = torch.randn(64, 1024)  # the head is 128 wide

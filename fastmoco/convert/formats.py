@@ -1,19 +1,25 @@
-"""A run's backbone in other frameworks' layouts: a torchvision ResNet state_dict and a detectron2 weights file.
+"""A run's backbone in other frameworks' layouts: a torchvision ResNet state_dict, a detectron2 weights file and a
+timm state_dict.
 
 fastmoco's backbone *is* a torchvision ResNet (same parameter names), so the torchvision export is its state_dict
 as is: ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` then misses only ``fc``. The detectron2
 file renames the keys the way the official MoCo conversion does, for detectron2's ``ResNet`` with its weights read
 by name heuristics: stem layers under ``stem.`` (``bn1`` becomes the stem conv's ``norm``), ``layer1..4`` become
 ``res2..res5``, a block's ``bnK`` its ``convK.norm``, ``downsample.0``/``.1`` the ``shortcut`` conv and its
-``norm``; values as NumPy arrays in a pickle with ``__author__`` and ``matching_heuristics`` set.
+``norm``; values as NumPy arrays in a pickle with ``__author__`` and ``matching_heuristics`` set. The timm file is the
+backbone's state_dict for the ``timm.create_model`` call ``timm_export`` returns: a ViT's with its ``pos_embed``
+table added (timm stores it; fastmoco computes it), a ``timm:NAME`` run's as is, a standard ResNet's as for
+torchvision (timm's ResNets use torchvision's names).
 """
 import os
 import pickle
 
+from fastmoco.models import VITS, is_timm, is_vit
 from fastmoco.train import checkpoint as ckpt_io
 from fastmoco.train.export import load_backbone
 
 from .official import ConvertError
+from .vit_layout import add_pos_embed, timm_kwargs
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")  # the depths torchvision and detectron2 both build
 
@@ -62,3 +68,20 @@ def to_detectron2(run_dir: str, out: str) -> str:
         pickle.dump(blob, fh)
     os.replace(tmp, out)
     return out
+
+
+def timm_export(run_dir: str, out: str) -> tuple[str, str]:
+    """(OUT, the ``timm.create_model(...)`` call whose ``load_state_dict`` takes it, strict) for a run's backbone."""
+    backbone, cfg, meta = load_backbone(run_dir)
+    if is_vit(cfg.arch):
+        spec = VITS[cfg.arch]
+        sd = add_pos_embed(backbone.state_dict(), meta["image_size"], spec["patch_size"], spec["embed_dim"])
+        name, kw = timm_kwargs(cfg.arch, meta["in_channels"], meta["image_size"])
+    elif is_timm(cfg.arch):
+        sd, name, kw = backbone.state_dict(), cfg.arch.split(":", 1)[1], dict(num_classes=0,
+                                                                            in_chans=meta["in_channels"])
+    else:
+        sd, name, kw = _standard_backbone(run_dir, "timm"), cfg.arch, dict(num_classes=0)
+    ckpt_io.save_atomic(sd, out)
+    args = ", ".join([repr(name)] + [f"{k}={v!r}" for k, v in kw.items()])
+    return out, f"timm.create_model({args})"

@@ -15,11 +15,13 @@ import os
 import torch
 
 from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fastmoco.models import ARCHS, build_backbone, load_exactly, projection_head
+from fastmoco.models import ARCHS, VITS, build_backbone, load_exactly, projection_head
 from fastmoco.train import checkpoint as ckpt_io
 from fastmoco.train.config import PRESETS, TrainConfig
 from fastmoco.train.export import PREFIX, read_weights
 from fastmoco.train.state import imported_payload
+
+from .vit_layout import drop_pos_embed, infer_vit, is_vit_state_dict
 
 FORMATS = {"encoder_q.": "MoCo v1/v2", "base_encoder.": "MoCo v3"}
 
@@ -50,8 +52,8 @@ def split_official(sd: dict, path: str) -> tuple[str, dict, dict]:
                 cut = len(outer + prefix)
                 own = {k[cut:]: sd[k] for k in keys}
                 backbone = {k: v for k, v in own.items() if not k.startswith("fc.")}
-                if prefix == "base_encoder.":  # its fc is v3's projector, BN inside: not a v1/v2 head
-                    return name, backbone, {}
+                if prefix == "base_encoder.":  # its fc (ResNet) / head (ViT) is v3's projector: not a v1/v2 head
+                    return name, {k: v for k, v in backbone.items() if not k.startswith("head.")}, {}
                 head = {k[len("fc."):]: v for k, v in own.items() if k.startswith("fc.")}
                 return name, backbone, head
     raise ConvertError(f"{path}: unrecognised checkpoint, e.g. key {next(iter(sd))!r} is neither "
@@ -59,9 +61,18 @@ def split_official(sd: dict, path: str) -> tuple[str, dict, dict]:
 
 
 def infer_backbone(sd: dict) -> dict:
-    """arch, width, stem and in_channels of a torchvision-named ResNet state_dict."""
+    """The shape of a backbone state_dict with torchvision / timm names: ResNets (arch, width, stem, in_channels)
+    and ViTs (arch, in_channels, image_size); one line naming what was found when fastmoco builds neither."""
+    if is_vit_state_dict(sd):
+        return infer_vit(sd, ConvertError)
     if "conv1.weight" not in sd:
-        raise ConvertError("missing key conv1.weight: not a ResNet backbone")
+        raise ConvertError(f"not a backbone fastmoco builds: neither a ResNet (conv1.weight) nor a ViT "
+                           f"(patch_embed.proj.weight); its keys start {', '.join(list(sd)[:3])}")
+    return infer_resnet(sd)
+
+
+def infer_resnet(sd: dict) -> dict:
+    """arch, width, stem and in_channels of a torchvision-named ResNet state_dict."""
     bottleneck = "layer1.0.conv3.weight" in sd
     depth = [len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
     found = [name for name, (block, layers) in ARCHS.items()
@@ -72,6 +83,20 @@ def infer_backbone(sd: dict) -> dict:
                            + ", ".join(f"{n} {layers}" for n, (_, layers) in ARCHS.items()))
     w = sd["conv1.weight"]  # (width, in_channels, k, k)
     return dict(arch=found[0], width=w.shape[0], in_channels=w.shape[1], stem="imagenet" if w.shape[-1] == 7 else "small")
+
+
+def backbone_fields(shape: dict) -> dict:
+    """The TrainConfig fields a backbone shape fixes (a ViT has no base width or stem)."""
+    return {k: shape[k] for k in ("arch", "width", "stem") if k in shape}
+
+
+def describe(shape: dict) -> str:
+    """A backbone shape (``infer_backbone``) in words."""
+    if "width" not in shape:  # a ViT
+        spec = VITS[shape["arch"]]
+        return (f"a {shape['arch']} (patch {spec['patch_size']}, width {spec['embed_dim']}, depth {spec['depth']}, "
+                f"{spec['num_heads']} heads) at {shape['image_size']} px")
+    return f"a {shape['arch']} of width {shape['width']}, {shape['stem']} stem"
 
 
 def head_kind(head: dict) -> tuple[str | None, int | None]:
@@ -112,9 +137,9 @@ def import_official(path: str, out: str) -> dict:
         return import_v3(sd, path, out, epoch if isinstance(epoch, int) and epoch >= 0 else 0)
     fmt, backbone_sd, head_sd = split_official(sd, path)
     shape = infer_backbone(backbone_sd)
-    backbone = build_backbone(shape["arch"], shape["width"], shape["stem"], shape["in_channels"])
-    load_exactly(backbone, backbone_sd, f"{path}: the backbone", ConvertError,
-                 f"a {shape['arch']} of width {shape['width']}")
+    backbone = build_backbone(shape["arch"], shape.get("width", 0), shape.get("stem", ""), shape["in_channels"])
+    load_exactly(backbone, drop_pos_embed(backbone_sd, f"{path}: pos_embed", ConvertError), f"{path}: the backbone", ConvertError,
+                 describe(shape))
     head, dim = head_kind(head_sd)
     if head:
         load_exactly(projection_head(head, backbone.feat_dim, dim), head_sd, f"{path}: the {head} head", ConvertError,
@@ -134,9 +159,10 @@ def import_official(path: str, out: str) -> dict:
     known = dict(head=head or PRESETS[preset]["head"], dim=dim or 128)
     if queue is not None:
         known["K"] = queue.shape[1]  # (dim, K)
-    cfg = TrainConfig(data="", preset=preset, arch=shape["arch"], width=shape["width"], stem=shape["stem"],
-                      out=out, **{**PRESETS[preset], **known, "image_size": 224})
-    meta = dict(in_channels=shape["in_channels"], image_size=224, raw_shape=None, mean=IMAGENET_MEAN,
+    size = shape.get("image_size", 224)
+    cfg = TrainConfig(data="", preset=preset, out=out, **backbone_fields(shape),
+                      **{**PRESETS[preset], **known, "image_size": size})
+    meta = dict(in_channels=shape["in_channels"], image_size=size, raw_shape=None, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD)
     payload = imported_payload(model, cfg, meta, dict(source=os.path.abspath(path), format=fmt, head=summary["head"]))
     ckpt_io.save_atomic(payload, ckpt_io.checkpoint_path(out))

@@ -1,14 +1,16 @@
-"""MoCo v3 ResNet checkpoints of the original code, in full, both ways.
+"""MoCo v3 checkpoints of the original code (ResNets and ViTs), in full, both ways.
 
 The original layout (``main_moco.py`` of v3; ``module.`` absent in a single-GPU save):
-- ``module.base_encoder.<ResNet keys>`` with the projector as the ResNet's ``fc``: ``fc.0`` Linear, ``fc.1`` BN,
-  (``fc.2`` ReLU), ``fc.3`` Linear, ``fc.4`` BN without affine parameters (2 layers);
+- ``module.base_encoder.<backbone keys>`` with the projector as the ResNet's ``fc`` / the ViT's ``head``: ``0``
+  Linear, ``1`` BN, (``2`` ReLU), ``3`` Linear, ``4`` BN without affine parameters for 2 layers (ResNet); ViT: 3
+  layers, ``6`` Linear, ``7`` the last BN;
 - ``module.momentum_encoder.*``: the same, averaged;
-- ``module.predictor.{0,1,3}`` (ResNet: no last BN; ``.4`` when it has one);
+- ``module.predictor.{0,1,3}`` (ResNet: no last BN; ``.4`` when it has one, as for ViTs);
+- a ViT's fixed ``pos_embed`` table in both encoders (``vit_layout``);
 - top level: ``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``scaler``.
 fastmoco's MoCoV3 holds the same modules as ``encoder_q.backbone`` / ``encoder_q.head`` (base encoder),
 ``encoder_k.*`` (momentum encoder) and ``predictor.*``, with the original's layer indices, so the mapping is a
-renaming. The original ``main_lincls.py`` reads ``module.base_encoder.*`` minus its ``fc.*``.
+renaming. The original ``main_lincls.py`` reads ``module.base_encoder.*`` minus its ``fc.*`` / ``head.*``.
 """
 import os
 import warnings
@@ -16,28 +18,41 @@ import warnings
 import torch
 
 from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fastmoco.models import MoCoV3, load_exactly
+from fastmoco.models import VITS, MoCoV3, is_vit, load_exactly
 from fastmoco.train import checkpoint as ckpt_io
 from fastmoco.train.config import TrainConfig
 from fastmoco.train.export import read_run
 from fastmoco.train.state import imported_payload
 
-from .official import ConvertError, claim_run_dir, infer_backbone
+from .official import ConvertError, backbone_fields, claim_run_dir, describe, infer_backbone
+from .vit_layout import add_pos_embed, drop_pos_embed
 
-# fastmoco's module prefix -> the original's (its projector is the base ResNet's fc)
-RENAMES = (("encoder_q.head.", "base_encoder.fc."), ("encoder_q.backbone.", "base_encoder."),
-           ("encoder_k.head.", "momentum_encoder.fc."), ("encoder_k.backbone.", "momentum_encoder."),
-           ("predictor.", "predictor."))
+PROJECTOR = {False: "fc", True: "head"}  # where the original keeps the projector: a ResNet's fc, a ViT's head
+ENCODERS = (("encoder_q.", "base_encoder."), ("encoder_k.", "momentum_encoder."))
+
+
+def renames(vit: bool) -> tuple[tuple[str, str], ...]:
+    """fastmoco's module prefix -> the original's (its projector is the base network's fc / head)."""
+    head = PROJECTOR[vit]
+    out = []
+    for ours, theirs in ENCODERS:
+        out += [(ours + "head.", f"{theirs}{head}."), (ours + "backbone.", theirs)]
+    return tuple(out) + (("predictor.", "predictor."),)
 
 
 def _strip_module(sd: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
+def _is_vit(keys: dict) -> bool:
+    return "base_encoder.patch_embed.proj.weight" in keys
+
+
 def has_full_v3(sd: dict) -> bool:
     """Whether a state_dict holds a whole v3 model (base and momentum encoders, predictor), not just a backbone."""
     keys = _strip_module(sd)
-    return all(any(k.startswith(p) for k in keys) for p in ("base_encoder.fc.", "momentum_encoder.", "predictor."))
+    projector = f"base_encoder.{PROJECTOR[_is_vit(keys)]}."
+    return all(any(k.startswith(p) for k in keys) for p in (projector, "momentum_encoder.", "predictor."))
 
 
 def mlp_shape(sd: dict, prefix: str) -> tuple[int, int, int, bool]:
@@ -51,11 +66,11 @@ def mlp_shape(sd: dict, prefix: str) -> tuple[int, int, int, bool]:
     return len(linear), sd[f"{prefix}{linear[0]}.weight"].shape[0], sd[f"{prefix}{last}.weight"].shape[0], last_bn
 
 
-def to_fastmoco(sd: dict) -> dict:
-    """The original's v3 state_dict renamed to MoCoV3's."""
+def to_fastmoco(keys: dict, vit: bool) -> dict:
+    """The original's v3 state_dict (``module.`` stripped, a ViT's pos_embed dropped) renamed to MoCoV3's."""
     out = {}
-    for k, v in _strip_module(sd).items():
-        for ours, theirs in RENAMES:
+    for k, v in keys.items():
+        for ours, theirs in renames(vit):
             if k.startswith(theirs):
                 out[ours + k[len(theirs):]] = v
                 break
@@ -65,40 +80,58 @@ def to_fastmoco(sd: dict) -> dict:
     return out
 
 
-def to_original(model_sd: dict) -> dict:
-    """MoCoV3's state_dict in the original layout, ``module.`` prefixed (as its DDP runs save it)."""
+def to_original(model_sd: dict, vit_input: tuple[int, int, int] | None = None) -> dict:
+    """MoCoV3's state_dict in the original layout, ``module.`` prefixed (as its DDP runs save it); a ViT's
+    (image size, patch, width) adds each encoder's pos_embed table."""
     out = {}
     for k, v in model_sd.items():
-        for ours, theirs in RENAMES:
+        for ours, theirs in renames(vit_input is not None):
             if k.startswith(ours):
                 out["module." + theirs + k[len(ours):]] = v
                 break
+    if vit_input is not None:
+        for _, theirs in ENCODERS:
+            out[f"module.{theirs}pos_embed"] = add_pos_embed({}, *vit_input)["pos_embed"]
     return out
+
+
+def _without_pos_embed(keys: dict, path: str) -> dict:
+    """A ViT checkpoint's keys with both encoders' pos_embed checked and dropped."""
+    for _, theirs in ENCODERS:
+        own = {k[len(theirs):]: v for k, v in keys.items() if k.startswith(theirs)}
+        kept = drop_pos_embed(own, f"{path}: {theirs}pos_embed", ConvertError)
+        keys = {k: v for k, v in keys.items() if not k.startswith(theirs)} | {theirs + k: v for k, v in kept.items()}
+    return keys
 
 
 def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
     """Writes OUT as a fastmoco v3 run that ``--resume`` continues (fresh optimizer state, from ``epoch``) and
     ``--init`` starts from. Returns a summary of what was read."""
     keys = _strip_module(sd)
+    vit = _is_vit(keys)
+    head = f"base_encoder.{PROJECTOR[vit]}."
     backbone_sd = {k[len("base_encoder."):]: v for k, v in keys.items()
-                   if k.startswith("base_encoder.") and not k.startswith("base_encoder.fc.")}
+                   if k.startswith("base_encoder.") and not k.startswith(head)}
     shape = infer_backbone(backbone_sd)
-    proj_layers, mlp_dim, dim, proj_bn = mlp_shape(keys, "base_encoder.fc.")
+    if vit:
+        keys = _without_pos_embed(keys, path)
+    proj_layers, mlp_dim, dim, proj_bn = mlp_shape(keys, head)
     pred_layers, _, _, pred_last_bn = mlp_shape(keys, "predictor.")
     if not proj_bn:
-        raise ConvertError(f"{path}: the projector (base_encoder.fc) ends without its BatchNorm; not a MoCo v3 "
+        raise ConvertError(f"{path}: the projector ({head[:-1]}) ends without its BatchNorm; not a MoCo v3 "
                            "projector")
-    cfg = TrainConfig(data="", preset="v3", arch=shape["arch"], width=shape["width"], stem=shape["stem"], dim=dim,
-                      mlp_dim=mlp_dim, proj_layers=proj_layers, pred_layers=pred_layers, pred_last_bn=pred_last_bn,
-                      image_size=224, out=out, epochs=max(100, epoch + 1)).resolved()
+    size = shape.get("image_size", 224)
+    cfg = TrainConfig(data="", preset="v3-vit" if vit else "v3", dim=dim, mlp_dim=mlp_dim, proj_layers=proj_layers,
+                      pred_layers=pred_layers, pred_last_bn=pred_last_bn, image_size=size, out=out,
+                      epochs=max(300 if vit else 100, epoch + 1), **backbone_fields(shape)).resolved()
     with torch.device("meta"):  # names and shapes only: nothing is allocated
         model = MoCoV3.from_config(cfg.for_runtime("cpu", 1), shape["in_channels"])  # bn_splits filled in
-    state = to_fastmoco(sd)
+    state = to_fastmoco(keys, vit)
     with warnings.catch_warnings():  # loading into meta tensors is a no-op torch warns about: the check is the point
         warnings.simplefilter("ignore", UserWarning)
         load_exactly(model, state, f"{path}: the MoCo v3 model", ConvertError,
-                     f"a v3 {shape['arch']} of width {shape['width']}, projector {proj_layers}x{mlp_dim}->{dim}")
-    meta = dict(in_channels=shape["in_channels"], image_size=224, raw_shape=None, mean=IMAGENET_MEAN,
+                     f"v3 with {describe(shape)}, projector {proj_layers}x{mlp_dim}->{dim}")
+    meta = dict(in_channels=shape["in_channels"], image_size=size, raw_shape=None, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD)
     summary = dict(format="MoCo v3", head=f"projector + predictor + momentum encoder (epoch {epoch})", **shape)
     claim_run_dir(out)
@@ -111,13 +144,17 @@ def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
 
 def export_v3(run_dir: str, out: str) -> str:
     """A fastmoco v3 run (trained or imported) written in the original layout: ``state_dict`` with
-    ``module.base_encoder.*`` (projector as ``fc``), ``module.momentum_encoder.*``, ``module.predictor.*``, plus
+    ``module.base_encoder.*`` (projector as ``fc`` / ViT ``head``), ``module.momentum_encoder.*``, ``module.predictor.*``, plus
     ``epoch`` and ``arch``, so the original ``main_lincls.py --pretrained`` and ``main_moco.py --resume`` read it
     (the latter without an optimizer state: it restarts its optimizer)."""
-    state, cfg, _meta = read_run(run_dir)
+    state, cfg, meta = read_run(run_dir)
     if cfg.method != "v3":
         raise ConvertError(f"{run_dir} trained method {cfg.method!r}; the MoCo v3 layout holds v3 runs")
     pos = state.get("position", {}).get("epoch", state.get("imported", {}).get("epoch", 0))
-    blob = dict(state_dict=to_original(state["model"]), epoch=pos, arch=cfg.arch)
+    vit_input = None
+    if is_vit(cfg.arch):
+        spec = VITS[cfg.arch]
+        vit_input = (meta["image_size"], spec["patch_size"], spec["embed_dim"])
+    blob = dict(state_dict=to_original(state["model"], vit_input), epoch=pos, arch=cfg.arch)
     ckpt_io.save_atomic(blob, out)
     return out

@@ -40,7 +40,7 @@ PROTOCOLS = {
     "fast": dict(lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100, milestones=None,
                  resize_ratio=1.0),
 }
-PROTOCOL_CHOICES = ("official", *PROTOCOLS)  # "official": the paper's protocol of the run's method and backbone
+PROTOCOL_CHOICES = tuple(PROTOCOLS)  # "official" (its entry: v1/v2's) means the paper's protocol of the run's method
 
 
 def official_for(cfg) -> str:

@@ -3,9 +3,9 @@ from .heads import HEADS, bn_mlp, projection_head
 from .methods import METHODS, build_method
 from .moco import MoCo
 from .mocov3 import MoCoV3
-from .vit import VITS, is_timm, is_vit, sincos_2d
+from .vit import VITS, is_timm, is_vit, pos_embed_table, sincos_2d
 from .weights import load_exactly, mismatch
 
 __all__ = ["ARCHS", "HEADS", "METHODS", "STEMS", "VITS", "MoCo", "MoCoV3", "SplitBatchNorm2d", "WideResNet", "bn_mlp",
            "build_backbone", "build_method", "is_timm", "is_vit", "known_arch", "load_exactly", "mismatch",
-           "projection_head", "sincos_2d"]
+           "pos_embed_table", "projection_head", "sincos_2d"]

@@ -58,6 +58,13 @@ def sincos_2d(h: int, w: int, dim: int, temperature: float = SINCOS_TEMPERATURE,
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)  # (h*w, D)
 
 
+def pos_embed_table(h: int, w: int, dim: int) -> torch.Tensor:
+    """(1, 1 + h*w, dim) the position embedding as the original MoCo v3 code (and timm) stores it: a row of zeros
+    for the class token, then ``sincos_2d``. fastmoco computes it in each forward instead; checkpoint conversion
+    reads and writes this table."""
+    return torch.cat([torch.zeros(1, dim), sincos_2d(h, w, dim)])[None]
+
+
 def _timm_vit():
     try:
         from timm.models.vision_transformer import VisionTransformer

@@ -1,0 +1,73 @@
+"""ViT backbones in the original MoCo v3 and timm layouts.
+
+fastmoco's ViTs are timm ``VisionTransformer``s with the same parameter names as the original MoCo v3 ViTs
+(``cls_token``, ``patch_embed.proj``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``),
+except that the fixed sin-cos position embedding is computed in the forward rather than stored: the original (and
+timm) keep it as ``pos_embed``, (1, 1 + patches, width), zeros for the class token. Reading a checkpoint checks that
+table against the sin-cos one and drops it; writing one adds it for the run's patch grid. The number of attention
+heads is not in the weights: a checkpoint's ViT is matched to fastmoco's by patch, width and depth, and takes that
+ViT's heads (12 for ViT-S/16 and ViT-B/16, as the original defines them).
+"""
+import math
+
+import torch
+
+from fastmoco.models import VITS, pos_embed_table
+
+# fastmoco's ViT -> the timm model whose defaults it overrides (timm's ViT-S/16 has 6 heads; the original has 12)
+TIMM_NAMES = {"vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224",
+              "vit_fmnist": "vit_small_patch16_224"}
+POS_EMBED_ATOL = 1e-5  # a float32 sin-cos table written by another implementation agrees to ~1e-7
+
+
+def is_vit_state_dict(sd: dict) -> bool:
+    return "patch_embed.proj.weight" in sd
+
+
+def infer_vit(sd: dict, error) -> dict:
+    """arch, in_channels and image size (from the stored position table, 224 px without one) of a ViT state_dict
+    with timm / original MoCo v3 names; ``error`` names what was found when fastmoco builds no such ViT."""
+    proj = sd["patch_embed.proj.weight"]  # (width, channels, patch, patch)
+    width, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    found = [name for name, spec in VITS.items()
+             if (spec["patch_size"], spec["embed_dim"], spec["depth"]) == (patch, width, depth)]
+    if not found or "cls_token" not in sd:
+        what = f"patch {patch}, width {width}, depth {depth}" + ("" if "cls_token" in sd else ", no class token")
+        builds = "; ".join(f"{n}: patch {s['patch_size']}, width {s['embed_dim']}, depth {s['depth']}"
+                           for n, s in VITS.items())
+        raise error(f"a ViT fastmoco cannot build ({what}); it builds {builds}")
+    pos = sd.get("pos_embed")
+    grid = math.isqrt(pos.shape[1] - 1) if pos is not None else 224 // patch
+    return dict(arch=found[0], in_channels=in_channels, image_size=grid * patch)
+
+
+def drop_pos_embed(sd: dict, where: str, error) -> dict:
+    """``sd`` without its ``pos_embed`` (``where`` names it in messages), refused when the stored table is not the fixed sin-cos one (a learned
+    embedding, or one with a class-token entry, which fastmoco's ViTs do not have)."""
+    if "pos_embed" not in sd:
+        return sd
+    pos = sd["pos_embed"]  # (1, 1 + grid^2, width)
+    grid = math.isqrt(pos.shape[1] - 1)
+    if pos.dim() != 3 or grid * grid != pos.shape[1] - 1:
+        raise error(f"{where} is {tuple(pos.shape)}, not (1, 1 + a square grid of patches, width)")
+    want = pos_embed_table(grid, grid, pos.shape[2])
+    if not torch.allclose(pos.float(), want, atol=POS_EMBED_ATOL, rtol=0):
+        worst = (pos.float() - want).abs().max().item()
+        raise error(f"{where} is not the fixed 2-D sin-cos embedding (max difference {worst:.3g}); "
+                    "fastmoco's ViTs cannot hold a learned position embedding")
+    return {k: v for k, v in sd.items() if k != "pos_embed"}
+
+
+def add_pos_embed(sd: dict, image_size: int, patch: int, width: int) -> dict:
+    """``sd`` with the ``pos_embed`` table of an image_size px input, as the original and timm store it."""
+    grid = image_size // patch
+    return {**sd, "pos_embed": pos_embed_table(grid, grid, width)}
+
+
+def timm_kwargs(arch: str, in_channels: int, image_size: int) -> tuple[str, dict]:
+    """(timm model name, ``timm.create_model`` keyword arguments) that build fastmoco's ``arch`` at this input."""
+    spec = VITS[arch]
+    kw = dict(num_classes=0, in_chans=in_channels, img_size=image_size, patch_size=spec["patch_size"],
+              embed_dim=spec["embed_dim"], depth=spec["depth"], num_heads=spec["num_heads"])
+    return TIMM_NAMES[arch], kw
