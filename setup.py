@@ -72,6 +72,7 @@ setup(
             "fastmoco-export=fastmoco.cli.export:main",
             "fastmoco-lincls=fastmoco.cli.lincls:main",
             "fastmoco-convert=fastmoco.cli.convert:main",
+            "fastmoco-shards=fastmoco.cli.shards:main",
         ]
     },
 )

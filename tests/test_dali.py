@@ -234,8 +234,8 @@ def test_views_are_the_drawn_crops_and_flips(tmp_path):
     (v1, _), = list(data.epoch(0))[:1]
     files = [data.train_ds.samples[int(i)][0] for i in next(data.plan(0))[1]]
     hw = np.array([data.train_ds.image_sizes[f] for f in files])
-    from fastmoco.data import _batch_seed
-    p = draw(np.random.default_rng(_batch_seed(0, 0, 0)), hw, data.dali.specs[0])  # view 1's draws come first
+    from fastmoco.data import batch_seed
+    p = draw(np.random.default_rng(batch_seed(0, 0, 0)), hw, data.dali.specs[0])  # view 1's draws come first
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for i, f in enumerate(files):

@@ -73,7 +73,11 @@ def _vit_v3(**kw):
 def test_v3_vit_layout_and_steps_keep_the_patch_projection_frozen():
     torch.manual_seed(0)
     model, cfg = _vit_v3()
-    assert (cfg.preset, cfg.optimizer, cfg.proj_layers, cfg.pred_last_bn, cfg.T) == ("v3-vit", "adamw", 3, True, 0.2)
+    assert (cfg.preset, cfg.optimizer, cfg.proj_layers, cfg.pred_last_bn, cfg.T) == ("fmnist-v3-vit", "adamw", 3, True,
+                                                                                    0.2)
+    big = TrainConfig(method="v3", arch="vit_small").resolved()  # the paper's recipe for the paper's ViTs
+    assert (big.preset, big.lr, big.lr_ref_batch, big.warmup_epochs, big.epochs, big.weight_decay) == \
+        ("v3-vit", 1.5e-4, 256, 40.0, 300, 0.1)
     assert [type(m) for m in model.predictor][-1] is nn.BatchNorm1d and len(model.encoder_q.head) == 8
     from fastmoco.train.optim import build_optimizer
 

@@ -225,3 +225,12 @@ def warn_replaced(root: str, count: int, epoch: int) -> None:
     if count:
         warnings.warn(f"{root}: {count} image(s) could not be decoded in epoch {epoch + 1} "
                       "and were replaced by the next readable image", stacklevel=3)
+
+
+def epochs_for(cfg, device, size, small_size, channels, mean, std, strength, hue, erase_p) -> "DaliEpochs":
+    """The DALI runner of a source: two views of the recipe, plus ``cfg.small_crops`` small ones."""
+    lo, hi = cfg.small_crop_range()
+    specs = [ViewSpec(cfg.aug, size, channels, mean, std, cfg.crop_min_scale, strength, hue, erase_p, view=v)
+             for v in (0, 1)]  # v3's two views differ (blur, solarize)
+    small = ViewSpec(cfg.aug, small_size, channels, mean, std, lo, strength, hue, erase_p, max_scale=hi)
+    return DaliEpochs(specs, cfg.batch_size, device, cfg.workers, small, cfg.small_crops)

@@ -34,17 +34,40 @@ class TensorImages(torch.utils.data.Dataset):
         return (self.transform(x) if self.transform else x), self.targets[i]
 
 
+def labelled_set(path: str, subset: int = 0):
+    """Labelled images at ``path``: an ImageFolder, or shards with classes (a manifest, its folder, a pattern);
+    the first ``subset`` only when given."""
+    from .shards import is_shards
+
+    if is_shards(path):
+        from .build import subset_shards
+        from .shard_source import ShardImages
+        from .shards import resolve
+
+        shards = resolve(path)
+        return ShardImages(subset_shards(shards, subset) if subset else shards)
+    ds = image_folder(path)
+    if subset:
+        ds.samples = ds.imgs = ds.samples[:subset]
+        ds.targets = ds.targets[:subset]
+    return ds
+
+
 def align_classes(train, evaluation, flag: str = "--val") -> str | None:
-    """Relabel the ImageFolder ``evaluation`` in place with ``train``'s class indices, matched by name. A class
-    ``train`` lacks is a DataError; returns a note naming the training classes ``evaluation`` lacks (or None)."""
+    """Relabel ``evaluation`` (an ImageFolder or labelled shards) in place with ``train``'s class indices, matched
+    by name. A class ``train`` lacks is a DataError; returns a note naming the training classes ``evaluation``
+    lacks (or None)."""
     known = train.class_to_idx
     extra = [c for c in evaluation.classes if c not in known]
     if extra:
         raise DataError(f"{flag} {evaluation.root} has classes the training data {train.root} lacks: "
                         f"{_names(extra)} (its classes: {_names(train.classes)}); evaluation matches classes by name")
-    index = [known[c] for c in evaluation.classes]  # evaluation index -> training index
-    evaluation.samples = evaluation.imgs = [(path, index[t]) for path, t in evaluation.samples]
-    evaluation.targets = [t for _, t in evaluation.samples]
+    if hasattr(evaluation, "relabel"):  # shards
+        evaluation.relabel(known, flag)
+    else:
+        index = [known[c] for c in evaluation.classes]  # evaluation index -> training index
+        evaluation.samples = evaluation.imgs = [(path, index[t]) for path, t in evaluation.samples]
+        evaluation.targets = [t for _, t in evaluation.samples]
     present = {known[c] for c in evaluation.classes}
     absent = [c for c in train.classes if known[c] not in present]
     if not absent:
@@ -72,11 +95,8 @@ def labelled_sets(data: str, val: str | None, subset: int = 0):
             test = TensorImages(xt, yt)
     else:
         if not val:
-            raise DataError(f"{data} is an ImageFolder: pass --val DIR, a labelled folder to evaluate on")
-        train, test = image_folder(data), image_folder(val)
-        if subset:
-            train.samples = train.imgs = train.samples[:subset]
-            train.targets = train.targets[:subset]
+            raise DataError(f"{data} is an ImageFolder or shards: pass --val, labelled images to evaluate on")
+        train, test = labelled_set(data, subset), labelled_set(val)
     note = align_classes(train, test) if val else None
     classes = max(max(train.targets), max(test.targets)) + 1
     return train, test, classes, note

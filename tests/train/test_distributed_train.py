@@ -124,10 +124,10 @@ def test_two_rank_checkpoint_resumes_in_one_process_and_back(tmp_path):
 
 
 def test_every_image_once_per_epoch_across_ranks_and_from_any_position():
-    from fastmoco.data import _Sharded
+    from fastmoco.data import EpochPlan
 
     cfg = TrainConfig(batch_size=8, accum_steps=2).resolved()
-    shards = [_Sharded(cfg, 100, rank, 3) for rank in range(3)]  # 48 images per optimizer step
+    shards = [EpochPlan(cfg, 100, rank, 3) for rank in range(3)]  # 48 images per optimizer step
     assert len(shards[0]) == 2
     seen = [int(i) for s in shards for _, idx in s.plan(epoch=4) for i in idx]
     assert len(seen) == 96 and len(set(seen)) == 96  # 2 steps x 48, no image twice

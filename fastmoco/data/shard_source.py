@@ -1,0 +1,134 @@
+"""Sharded WebDataset data as a training source: the shard epoch plan (``plan.ShardPlan``), samples read by index
+in DataLoader workers, the same two views (and multi-crop) as an ImageFolder, seeded by position."""
+import torch
+
+from .errors import DataError
+from .plan import ShardPlan, batch_seed
+from .shards import ShardReader, SkipReport
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, view_transform
+
+
+class ShardPairs(torch.utils.data.Dataset):
+    """item (shard, sample, seed) -> (view 1, view 2, [small views (S, C, s, s),] skipped samples as one string)."""
+
+    def __init__(self, urls, counts, transforms, small=None, small_crops: int = 0):
+        self.urls, self.counts = urls, counts
+        self.transforms, self.small, self.small_crops = tuple(transforms), small, small_crops
+        self._reader = None  # made in each worker process: file descriptors are not shared
+
+    @property
+    def reader(self) -> ShardReader:
+        if self._reader is None:
+            self._reader = ShardReader(self.urls, self.counts)
+        return self._reader
+
+    def __len__(self):
+        return int(sum(self.counts))
+
+    def __getitem__(self, item):
+        shard, i, seed = item
+        img, _, skipped = self.reader.read_or_next(shard, i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views = (self.transforms[0](img), self.transforms[1](img))
+            if self.small_crops:
+                views += (torch.stack([self.small(img) for _ in range(self.small_crops)]),)  # (S, C, s, s)
+        return (*views, "\n".join(skipped))
+
+
+class ShardImages(torch.utils.data.Dataset):
+    """Every sample of a shard set in order, as (transformed image, class index): labelled shards for the kNN
+    monitor and the linear protocol. ``targets`` are read from the shards' indexes and class members."""
+
+    def __init__(self, shards, transform=None):
+        import numpy as np
+
+        if shards.classes is None:
+            raise DataError(f"{shards.root}: these shards hold no classes (.cls members); evaluation needs labels")
+        self.shards, self.transform = shards, transform
+        self.root, self.classes = shards.root, list(shards.classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.ends = np.cumsum(shards.counts)  # (S,)
+        self._reader = None
+        self.remap = None  # class index in these shards -> the training set's, once relabelled
+        self.targets = [self._label(i) for i in range(len(self))]
+
+    @property
+    def reader(self) -> ShardReader:
+        if self._reader is None:
+            self._reader = ShardReader(self.shards.urls, self.shards.counts)
+        return self._reader
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        import numpy as np
+
+        shard = int(np.searchsorted(self.ends, i, side="right"))
+        return shard, i - int(self.ends[shard] - self.shards.counts[shard])
+
+    def _label(self, i: int) -> int:
+        label = self.reader.label(*self._locate(i))
+        return -1 if label is None else label
+
+    def relabel(self, class_to_idx: dict, flag: str) -> None:
+        """Class indices matched by name to a training set's ``class_to_idx`` (a class it lacks is an error)."""
+        extra = [c for c in self.classes if c not in class_to_idx]
+        if extra:
+            raise DataError(f"{flag} {self.root} has classes the training data lacks: {', '.join(extra[:5])}")
+        self.remap = [class_to_idx[c] for c in self.classes]
+        self.targets = [self.remap[t] if t >= 0 else t for t in self.targets]
+
+    def __len__(self):
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i):
+        img, label, _ = self.reader.read_or_next(*self._locate(i))
+        if label is not None and self.remap is not None:
+            label = self.remap[label]
+        return (self.transform(img) if self.transform else img), -1 if label is None else label
+
+    def __getstate__(self):  # to DataLoader workers without open files
+        return {**self.__dict__, "_reader": None}
+
+
+class ShardData(ShardPlan):
+    """Training on shards with the torch loader (DataLoader workers decode and augment)."""
+
+    def __init__(self, cfg, device, shards, val_ds, rank=0, world=1):
+        super().__init__(cfg, shards.counts, rank, world, cfg.shard_shuffle)
+        self.device, self.loader, self.shards = torch.device(device), "torch", shards
+        self.image_size = cfg.image_size or 32
+        self.in_channels, self.raw_shape = 3, None
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.workers, self.val_ds = cfg.workers, val_ds
+        self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
+        lo, hi = cfg.small_crop_range()
+        views = [view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale, view=v)
+                 for v in (0, 1)]
+        small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
+        self.pairs = ShardPairs(shards.urls, shards.counts, views, small, self.small_crops)
+
+    def epoch(self, epoch: int, skip: int = 0):
+        batches = ([(shard, i, batch_seed(self.seed, epoch, start) + j) for j, (shard, i) in enumerate(refs)]
+                   for start, refs in self.plan(epoch, skip))
+        loader = torch.utils.data.DataLoader(self.pairs, batch_sampler=batches, num_workers=self.workers,
+                                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        report = SkipReport()
+        for *views, skipped in loader:
+            report.add(n for s in skipped for n in s.split("\n"))
+            if self.small_crops:  # (B, S, C, s, s) -> (S*B, C, s, s), crop-major like the other loaders
+                views[2] = views[2].transpose(0, 1).flatten(0, 1)
+            yield tuple(v.to(self.device, non_blocking=True) for v in views)
+        report.warn(self.shards.root, epoch)
+
+    def _eval_batches(self, ds):
+        ds.transform = eval_transform(self.image_size, self.mean, self.std)
+        for x, _ in torch.utils.data.DataLoader(ds, batch_size=256, num_workers=self.workers):
+            yield x.to(self.device)
+
+    def knn_sets(self):
+        """The monitor: this training set's labelled shards as the bank, --val (shards or a folder) as queries."""
+        if self.val_ds is None or self.shards.classes is None:
+            return None
+        bank = ShardImages(self.shards)
+        return (lambda: self._eval_batches(bank), torch.tensor(bank.targets),
+                lambda: self._eval_batches(self.val_ds), torch.tensor(self.val_ds.targets))

@@ -1,0 +1,179 @@
+"""Reading samples out of tar shards by their index: one ``pread`` per member, no tar parsing on the hot path.
+
+Bad data has one behaviour each, and none of them stops a run or hangs it:
+- a member that does not decode (corrupt bytes; grey, CMYK, RGBA, palette and 16-bit images do decode and come
+  out RGB), a sample without an image member, a member past the end of a truncated tar, a shard that cannot be
+  opened, and a stale index (the tar header at an indexed offset does not name the indexed member, or the file is
+  shorter than its index says) make the sample **skipped**: it is replaced by the next readable sample of the set
+  and reported at the epoch's end with its shard and key (``SkipReport``);
+- a member named ``KEY.EXT`` with several dots (``a.b.jpg``) belongs to sample ``a`` with extension ``b.jpg``
+  (WebDataset's rule); its image is found by the extension's last part, in any case (jpg / JPEG / png / webp).
+"""
+import io
+import os
+import warnings
+from collections import OrderedDict
+
+from PIL import Image
+
+from ..errors import DataError
+from ..folder import DECODE_ERRORS, load_rgb
+from .manifest import index_path, parse_index
+
+TAR_BLOCK = 512
+OPEN_INDEXES = 64  # shard indexes a reader keeps parsed (an index of 1,000 samples is ~100 kB parsed)
+OPEN_FILES = 16  # tar files a reader keeps open
+REPORT_NAMES = 10  # skipped samples named in an epoch's warning; the rest are counted
+
+
+class Skip(Exception):
+    """A sample that cannot be used, with the reason in words."""
+
+
+def _header_name(block: bytes) -> str:
+    """The member name a 512-byte ustar header holds (its prefix field joined on)."""
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") if block[257:262] == b"ustar" else ""
+    return f"{prefix}/{name}" if prefix else name
+
+
+class ShardReader:
+    """Reads samples of a shard set by (shard, sample) from any process (DataLoader workers make their own)."""
+
+    def __init__(self, urls: list, counts):
+        self.urls, self.counts = urls, [int(c) for c in counts]
+        self._indexes, self._files = OrderedDict(), OrderedDict()
+
+    def name(self, shard: int) -> str:
+        return os.path.basename(self.urls[shard])
+
+    def _index(self, shard: int):
+        """(sample refs, file size, problem or None) of a shard, parsed once and checked against its tar."""
+        if shard in self._indexes:
+            self._indexes.move_to_end(shard)
+            return self._indexes[shard]
+        url = self.urls[shard]
+        problem, refs, size = None, [], 0
+        try:
+            refs = parse_index(index_path(url))
+            size = os.path.getsize(url)
+            if len(refs) < self.counts[shard]:  # more is fine: --subset reads a shard's first samples only
+                problem = f"stale index: it lists {len(refs)} samples, the manifest {self.counts[shard]}"
+        except DataError as exc:
+            problem = str(exc)
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+        if problem is None:
+            problem = self._check_headers(shard, refs, size)
+        self._indexes[shard] = (refs, size, problem)
+        if len(self._indexes) > OPEN_INDEXES:
+            self._indexes.popitem(last=False)
+        return self._indexes[shard]
+
+    def _check_headers(self, shard: int, refs, size: int) -> str | None:
+        """The first and last indexed members must be where the index says: else the index is stale."""
+        members = [m for r in (refs[:1] + refs[-1:]) for m in (r.image, r.cls) if m is not None]
+        for name, off, _ in members:
+            if off < TAR_BLOCK or off > size:
+                continue  # past the end: a truncated tar, reported per sample
+            header = self._pread(shard, TAR_BLOCK, off - TAR_BLOCK)
+            if _header_name(header) != name:
+                return (f"stale index: the member at offset {off} is {_header_name(header)!r}, the index says "
+                        f"{name!r} (re-run fastmoco-shards or DALI's wds2idx)")
+        return None
+
+    def _fd(self, shard: int) -> int:
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        fd = os.open(self.urls[shard], os.O_RDONLY)
+        self._files[shard] = fd
+        if len(self._files) > OPEN_FILES:
+            os.close(self._files.popitem(last=False)[1])
+        return fd
+
+    def _pread(self, shard: int, size: int, offset: int) -> bytes:
+        return os.pread(self._fd(shard), size, offset)
+
+    def member(self, shard: int, ref) -> bytes:
+        name, off, size = ref
+        data = self._pread(shard, size, off)
+        if len(data) != size:
+            raise Skip(f"truncated shard: {name} ends past the file's end")
+        return data
+
+    def key(self, shard: int, i: int) -> str:
+        refs, _, _ = self._index(shard)
+        return refs[i].key if i < len(refs) else f"sample {i}"
+
+    def read(self, shard: int, i: int) -> tuple[Image.Image, int | None]:
+        """(RGB image, class index or None) of sample i of a shard, or Skip."""
+        refs, _, problem = self._index(shard)
+        if problem:
+            raise Skip(problem)
+        ref = refs[i]
+        if ref.image is None:
+            raise Skip("no image member")
+        try:
+            data = self.member(shard, ref.image)
+            label = int(self.member(shard, ref.cls).decode().strip()) if ref.cls else None
+        except OSError as exc:
+            raise Skip(f"cannot be read ({exc.strerror or exc})") from None
+        except ValueError:
+            raise Skip("its .cls member is not an integer") from None
+        try:
+            return load_rgb(io.BytesIO(data)), label
+        except DECODE_ERRORS as exc:
+            raise Skip(f"does not decode ({type(exc).__name__})") from None
+
+    def label(self, shard: int, i: int) -> int | None:
+        """The class index of sample i of a shard (its .cls member alone, no image decoded), or None."""
+        refs, _, problem = self._index(shard)
+        if problem or refs[i].cls is None:
+            return None
+        try:
+            return int(self.member(shard, refs[i].cls).decode().strip())
+        except (Skip, OSError, ValueError):
+            return None
+
+    def read_or_next(self, shard: int, i: int) -> tuple[Image.Image, int | None, list[str]]:
+        """Sample (shard, i), or the next readable one after it in the set; also the skipped samples, each as
+        'shard:key (reason)'."""
+        skipped = []
+        total = sum(self.counts)
+        for _ in range(total):
+            try:
+                img, label = self.read(shard, i)
+                return img, label, skipped
+            except Skip as why:
+                skipped.append(f"{self.name(shard)}:{self.key(shard, i)} ({why})")
+            i += 1
+            while i >= self.counts[shard]:
+                shard, i = (shard + 1) % len(self.counts), 0
+        raise DataError(f"none of the {total} samples in {len(self.counts)} shard(s) could be read "
+                        f"(first: {skipped[0] if skipped else '?'})")
+
+    def close(self):
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+
+class SkipReport:
+    """Skipped samples of one epoch, reported once at its end."""
+
+    def __init__(self):
+        self.names, self.count = [], 0
+
+    def add(self, names) -> None:
+        for n in names:
+            if n:
+                self.count += 1
+                if len(self.names) < REPORT_NAMES:
+                    self.names.append(n)
+
+    def warn(self, what: str, epoch: int) -> None:
+        if self.count:
+            more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
+            warnings.warn(f"{what}: {self.count} sample(s) skipped in epoch {epoch + 1} and replaced by the next "
+                          f"readable one: {'; '.join(self.names)}{more}", stacklevel=3)

@@ -1,0 +1,71 @@
+"""Training and evaluation on shards end to end: fastmoco-train --data SHARDS with the kNN monitor on labelled
+shards, a resumed epoch that continues with the same batches, fastmoco-lincls on shards, and the one-line
+refusals."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastmoco.data import build_data
+from fastmoco.data.shards import convert
+from fastmoco.train import TrainConfig, train
+
+
+def _shards(tmp_path, per_class=16, classes=3):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    for c in range(classes):
+        os.makedirs(src / f"class{c}")
+        for i in range(per_class):
+            a = np.clip(rng.normal(60 + 70 * c, 25, (36, 36, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(src / f"class{c}" / f"{i}.png")
+    out = tmp_path / "shards"
+    convert(str(src), str(out), max_count=10, workers=1, progress=False)
+    return str(out)
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=data, loader="torch", workers=0, batch_size=8, epochs=2, image_size=32, knn_k=5,
+                progress=False, out=str(out), shard_shuffle=7)
+    return TrainConfig(**{**base, **kw}).resolved()
+
+
+def test_a_resumed_epoch_continues_with_the_same_batches(tmp_path):
+    data = build_data(_cfg(_shards(tmp_path), tmp_path / "run"), "cpu")
+    assert data.loader == "torch" and len(data) == 48 // 8
+    full = list(data.epoch(1))
+    tail = list(data.epoch(1, skip=2 * data.samples_per_step))
+    assert len(tail) == len(full) - 2
+    for a, b in zip(full[2:], tail):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(full[0], list(data.epoch(0))[0]))  # epochs differ
+
+
+@pytest.mark.slow
+def test_training_on_shards_with_the_knn_monitor_and_lincls(tmp_path):
+    from fastmoco.evaluate.lincls import LinclsSettings, run_lincls
+
+    shards = _shards(tmp_path)
+    logs = []
+    summary = train(_cfg(shards, tmp_path / "run", val=shards, width=8), log=logs.append)
+    assert summary["knn_top1"] is not None and summary["steps"] == 2 * 6
+    lin = run_lincls(str(tmp_path / "run"), LinclsSettings(protocol="fast", epochs=3, data=shards, val=shards,
+                                                           workers=0, progress=False), log=lambda *_: None)
+    assert 0 <= lin["top1"] <= 100
+
+
+def test_shards_refuse_the_dali_loader_and_unlabelled_evaluation(tmp_path):
+    from fastmoco.data.errors import DataError
+    from fastmoco.data.labelled import labelled_set
+    from fastmoco.data.shards import convert as to_shards
+
+    shards = _shards(tmp_path, per_class=4)
+    with pytest.raises(DataError, match="shards are read by the torch loader"):
+        build_data(_cfg(shards, tmp_path / "r", loader="dali"), "cpu")
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"src/class0/{i}.png\n" for i in range(4)))  # no classes
+    to_shards(str(lst), str(tmp_path / "plain"), workers=1, progress=False)
+    with pytest.raises(DataError, match="these shards hold no classes"):
+        labelled_set(str(tmp_path / "plain"))
