@@ -33,10 +33,7 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
     """The training source for ``cfg``, sharded for process ``rank`` of ``world``; ``.loader`` says who makes
     the views and ``.notice`` is a line for the log (or None)."""
     in_memory = is_fmnist_dir(cfg.data)
-    if is_shards(cfg.data) and not cfg.loader:
-        loader, notice = "torch", None  # shards: the torch loader reads them
-    else:
-        loader, notice = choose_loader(cfg.loader, in_memory)
+    loader, notice = choose_loader(cfg.loader, in_memory)
     data, val_note = _build(cfg, device, rank, world, loader, in_memory)
     data.notice = "; ".join(n for n in (notice, val_note) if n) or None
     return data
@@ -66,9 +63,6 @@ def _build(cfg, device, rank, world, loader, in_memory):
 
 
 def _build_shards(cfg, device, rank, world, loader):
-    if loader == "dali":
-        raise DataError(f"--data {cfg.data}: shards are read by the torch loader (--loader torch); the DALI path "
-                        "reads ImageFolders and in-memory data")
     shards = resolve(cfg.data)
     if cfg.subset:
         shards = subset_shards(shards, cfg.subset)
@@ -76,7 +70,7 @@ def _build_shards(cfg, device, rank, world, loader):
     if cfg.val and shards.classes:  # the monitor compares labels: the training shards need theirs
         val_ds = labelled_set(cfg.val)
         note = align_classes(_Named(shards), val_ds)
-    return ShardData(cfg, device, shards, val_ds, rank, world), note
+    return ShardData(cfg, device, shards, val_ds, rank, world, loader), note
 
 
 class _Named:

@@ -96,13 +96,17 @@ def _view(images, spec: ViewSpec, v: int):
     return fn.crop_mirror_normalize(x, mean=spec.mean, std=spec.std, dtype=types.FLOAT, output_layout="HWC")
 
 
-def _graph(specs: list, file_list: str | None, decode_device: str, gpu: bool, **kw) -> str:
-    """The serialised graph of one view per spec over a file list (read when the pipeline is built) or fed
-    images."""
+def _graph(specs: list, file_list: str | None, decode_device: str, gpu: bool, fed_encoded: bool = False,
+           **kw) -> str:
+    """The serialised graph of one view per spec over a file list (read when the pipeline is built), fed image
+    files' bytes (``fed_encoded``) or fed decoded images."""
     @pipeline_def(enable_conditionals=True, **kw)
     def pipe():
-        if file_list is not None:
-            encoded, _ = fn.readers.file(file_list=file_list, random_shuffle=False, name="reader")
+        if file_list is not None or fed_encoded:
+            if fed_encoded:  # image files' bytes fed by the caller (shards: read by index)
+                encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            else:
+                encoded, _ = fn.readers.file(file_list=file_list, random_shuffle=False, name="reader")
             # grey, RGBA -> RGB; upright by the EXIF orientation, like the torch loader (folder.load_rgb)
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, adjust_orientation=True)
         else:
@@ -142,14 +146,15 @@ class DaliEpochs:
         if kind not in self._graphs:
             decode = "mixed" if self.device.type == "cuda" else "cpu"
             self._graphs[kind] = _graph(self.specs, self._list if kind == "folder" else None, decode,
-                                        self.device.type == "cuda", **self.kw)
+                                        self.device.type == "cuda", fed_encoded=kind == "encoded", **self.kw)
         pipe = Pipeline.deserialize(serialized_pipeline=self._graphs[kind], **self.kw)
         pipe.build()
         return pipe
 
-    def _run(self, pipe, batches, iterator_kw, images=None):
-        """Feeds each batch's parameters (and its ``images[idx]`` for fed images) a few batches ahead of DALI's
-        prefetching and yields the views. ``batches``: per micro-batch (seed, image sizes (B, 2), idx or None)."""
+    def _run(self, pipe, batches, iterator_kw, images=None, encoded=False):
+        """Feeds each batch's parameters (and its ``images[idx]`` for fed images, its files' bytes ``idx`` for
+        fed files) a few batches ahead of DALI's prefetching and yields the views. ``batches``: per micro-batch
+        (seed, image sizes (B, 2), idx or bytes or None), any sequence (read only as far as it is fed)."""
         fed, used = 0, [_used(spec) for spec in self.specs]
 
         def feed_until(k):
@@ -159,6 +164,8 @@ class DaliEpochs:
                 rng = np.random.default_rng(seed)
                 if images is not None:
                     pipe.feed_input("images", images[idx])  # (B, H, W, C) uint8
+                elif encoded:
+                    pipe.feed_input("encoded", idx)  # B files' bytes, (n,) uint8 each
                 for v, spec in enumerate(self.specs):  # the small views draw after both views: those stay as
                     for name, value in draw(rng, hw, spec).items():  # they are without multi-crop
                         if name in used[v]:
@@ -186,6 +193,15 @@ class DaliEpochs:
         B = self.batch_size
         batches = [(seed, sizes[j * B:(j + 1) * B], None) for j, seed in enumerate(seeds)]
         yield from self._run(pipe, batches, dict(reader_name="reader", last_batch_policy=LastBatchPolicy.DROP))
+
+    def encoded(self, batches):
+        """The views of image files given as bytes: ``batches`` a sequence of (seed, sizes (B, 2), [B arrays of
+        uint8]) per micro-batch, read a few batches ahead of DALI."""
+        if not len(batches):
+            return
+        pipe = self._pipeline("encoded")
+        kw = dict(size=len(batches) * self.batch_size, last_batch_policy=LastBatchPolicy.DROP)
+        yield from self._run(pipe, batches, kw, encoded=True)
 
     def memory(self, images: np.ndarray, batches: list, seeds: list[int]):
         """The views of ``images[idx]`` for each index array of ``batches`` (uint8 (N, H, W, C) on the host)."""

@@ -50,6 +50,11 @@ def jpeg_is_complete(path: str) -> bool:
         fh.seek(0, os.SEEK_END)
         fh.seek(max(0, fh.tell() - JPEG_TAIL))
         tail = fh.read()
+    return jpeg_tail_complete(tail)
+
+
+def jpeg_tail_complete(tail: bytes) -> bool:
+    """``jpeg_is_complete`` on the last bytes (``JPEG_TAIL`` of them suffice) of a JPEG held in memory."""
     return tail.rfind(b"\xff\xd9") > tail.rfind(b"\xff\xda")
 
 
@@ -62,18 +67,24 @@ def _decodes(path: str) -> bool:
         return False
 
 
+def shown_size(im: Image.Image) -> tuple[int, int]:
+    """(height, width) of an opened image as it is shown (its EXIF orientation applied)."""
+    (w, h), fmt = im.size, im.format
+    # EXIF read where it sits in the header (a PNG's getexif() would decode the whole image to find it)
+    turned = (fmt in EXIF_IN_HEADER or "exif" in im.info) and im.getexif().get(EXIF_ORIENTATION, 1) in TURNED
+    return (w, h) if turned else (h, w)
+
+
 def _size(path: str):
     """(height, width) of a readable image file as it is shown (EXIF orientation applied), or None for a file
     that is unreadable, broken or truncated."""
     try:
         with Image.open(path) as im:
-            (w, h), fmt = im.size, im.format
-            # EXIF read where it sits in the header (a PNG's getexif() would decode the whole image to find it)
-            turned = (fmt in EXIF_IN_HEADER or "exif" in im.info) and im.getexif().get(EXIF_ORIENTATION, 1) in TURNED
+            hw, fmt = shown_size(im), im.format
             im.verify()
         if fmt == "JPEG" and not jpeg_is_complete(path) and not _decodes(path):
             return None
-        return (w, h) if turned else (h, w)
+        return hw
     except Exception:  # noqa: BLE001 - PIL raises many types for broken files
         return None
 

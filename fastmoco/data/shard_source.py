@@ -1,11 +1,18 @@
-"""Sharded WebDataset data as a training source: the shard epoch plan (``plan.ShardPlan``), samples read by index
-in DataLoader workers, the same two views (and multi-crop) as an ImageFolder, seeded by position."""
+"""Sharded WebDataset data as a training source: the shard epoch plan (``plan.ShardPlan``), samples read by index,
+the same two views (and multi-crop) as an ImageFolder, seeded by position, through either loader.
+
+The DALI loader is fed each sample's bytes by the same plan (an external source into ``fn.decoders.image``)
+instead of reading the tars with ``fn.readers.webdataset``: DALI's reader shards and shuffles by its own rules
+(no balanced sample-granular split, a shuffle buffer that a mid-epoch resume cannot replay), while one plan for
+both loaders gives the same samples in the same batches and an exact resume."""
+import numpy as np
 import torch
 
+from . import dali
 from .errors import DataError
 from .plan import ShardPlan, batch_seed
 from .shards import ShardReader, SkipReport
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, view_transform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, RGB_HUE, RGB_JITTER, eval_transform, view_transform
 
 
 class ShardPairs(torch.utils.data.Dataset):
@@ -41,8 +48,6 @@ class ShardImages(torch.utils.data.Dataset):
     monitor and the linear protocol. ``targets`` are read from the shards' indexes and class members."""
 
     def __init__(self, shards, transform=None):
-        import numpy as np
-
         if shards.classes is None:
             raise DataError(f"{shards.root}: these shards hold no classes (.cls members); evaluation needs labels")
         self.shards, self.transform = shards, transform
@@ -60,8 +65,6 @@ class ShardImages(torch.utils.data.Dataset):
         return self._reader
 
     def _locate(self, i: int) -> tuple[int, int]:
-        import numpy as np
-
         shard = int(np.searchsorted(self.ends, i, side="right"))
         return shard, i - int(self.ends[shard] - self.shards.counts[shard])
 
@@ -90,12 +93,34 @@ class ShardImages(torch.utils.data.Dataset):
         return {**self.__dict__, "_reader": None}
 
 
-class ShardData(ShardPlan):
-    """Training on shards with the torch loader (DataLoader workers decode and augment)."""
+class _EncodedBatches:
+    """An epoch's micro-batches for DALI, read from the shards only as DALI is fed: (seed, sizes (B, 2), [bytes
+    as uint8 arrays]); samples that cannot be used are replaced (``ShardReader.read_or_next``) and reported."""
 
-    def __init__(self, cfg, device, shards, val_ds, rank=0, world=1):
+    def __init__(self, plan: list, reader: ShardReader, seed: int, epoch: int, report: SkipReport):
+        self.plan, self.reader, self.seed, self.epoch, self.report = plan, reader, seed, epoch, report
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __getitem__(self, k):
+        start, refs = self.plan[k]
+        blobs, sizes = [], []
+        for shard, i in refs:
+            data, hw, skipped = self.reader.read_or_next(shard, i, self.reader.encoded)
+            self.report.add(skipped)
+            blobs.append(np.frombuffer(data, dtype=np.uint8))
+            sizes.append(hw)
+        return batch_seed(self.seed, self.epoch, start), np.array(sizes), blobs
+
+
+class ShardData(ShardPlan):
+    """Training on shards: DataLoader workers decode and augment (torch), or the main process reads each
+    sample's bytes by index and DALI decodes (on the GPU when training there) and augments (dali)."""
+
+    def __init__(self, cfg, device, shards, val_ds, rank=0, world=1, loader="torch"):
         super().__init__(cfg, shards.counts, rank, world, cfg.shard_shuffle)
-        self.device, self.loader, self.shards = torch.device(device), "torch", shards
+        self.device, self.loader, self.shards = torch.device(device), loader, shards
         self.image_size = cfg.image_size or 32
         self.in_channels, self.raw_shape = 3, None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
@@ -106,8 +131,25 @@ class ShardData(ShardPlan):
                  for v in (0, 1)]
         small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
         self.pairs = ShardPairs(shards.urls, shards.counts, views, small, self.small_crops)
+        if loader == "dali":
+            self.dali = dali.epochs_for(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,
+                                        RGB_JITTER, RGB_HUE[cfg.aug], 0.0)
+
+    def _dali_epoch(self, epoch: int, skip: int):
+        report = SkipReport()
+        batches = _EncodedBatches(list(self.plan(epoch, skip)), ShardReader(self.shards.urls, self.shards.counts),
+                                  self.seed, epoch, report)
+        try:
+            yield from self.dali.encoded(batches)
+        except RuntimeError as exc:  # a sample whose header passed but whose data DALI cannot decode
+            raise DataError(f"{self.shards.root}: DALI could not decode a sample of epoch {epoch + 1} "
+                            f"({dali.reason(exc)}); --loader torch skips such samples") from exc
+        report.warn(self.shards.root, epoch)
 
     def epoch(self, epoch: int, skip: int = 0):
+        if self.loader == "dali":
+            yield from self._dali_epoch(epoch, skip)
+            return
         batches = ([(shard, i, batch_seed(self.seed, epoch, start) + j) for j, (shard, i) in enumerate(refs)]
                    for start, refs in self.plan(epoch, skip))
         loader = torch.utils.data.DataLoader(self.pairs, batch_sampler=batches, num_workers=self.workers,

@@ -1,6 +1,6 @@
-"""Training and evaluation on shards end to end: fastmoco-train --data SHARDS with the kNN monitor on labelled
-shards, a resumed epoch that continues with the same batches, fastmoco-lincls on shards, and the one-line
-refusals."""
+"""Training and evaluation on shards end to end, through both loaders: fastmoco-train --data SHARDS with the kNN
+monitor on labelled shards, a resumed epoch that continues with the same batches, a corrupt member replaced and
+named, fastmoco-lincls on shards, and unlabelled shards refused for evaluation in one line."""
 import os
 
 import numpy as np
@@ -32,9 +32,18 @@ def _cfg(data, out, **kw):
     return TrainConfig(**{**base, **kw}).resolved()
 
 
-def test_a_resumed_epoch_continues_with_the_same_batches(tmp_path):
-    data = build_data(_cfg(_shards(tmp_path), tmp_path / "run"), "cpu")
-    assert data.loader == "torch" and len(data) == 48 // 8
+def _loader(name):
+    from fastmoco.data import dali
+
+    if name == "dali" and not dali.available():
+        pytest.skip("NVIDIA DALI is not installed")
+    return name
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_a_resumed_epoch_continues_with_the_same_batches(tmp_path, loader):
+    data = build_data(_cfg(_shards(tmp_path), tmp_path / "run", loader=_loader(loader)), "cpu")
+    assert data.loader == loader and len(data) == 48 // 8
     full = list(data.epoch(1))
     tail = list(data.epoch(1, skip=2 * data.samples_per_step))
     assert len(tail) == len(full) - 2
@@ -56,14 +65,28 @@ def test_training_on_shards_with_the_knn_monitor_and_lincls(tmp_path):
     assert 0 <= lin["top1"] <= 100
 
 
-def test_shards_refuse_the_dali_loader_and_unlabelled_evaluation(tmp_path):
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_a_corrupt_member_is_replaced_and_named_in_the_epochs_warning(tmp_path, loader):
+    from fastmoco.data.shards import parse_index
+
+    shards = _shards(tmp_path)
+    ref = parse_index(os.path.join(shards, "shard-000000.idx"))[3]
+    with open(os.path.join(shards, "shard-000000.tar"), "r+b") as fh:
+        fh.seek(ref.image[1])
+        fh.write(b"\x00" * 64)  # its PNG signature and header gone
+    data = build_data(_cfg(shards, tmp_path / "run", loader=_loader(loader), shard_shuffle=1), "cpu")
+    with pytest.warns(UserWarning, match=rf"1 sample\(s\) skipped in epoch 1 .*shard-000000.tar:{ref.key} "
+                                         r"\(does not decode"):
+        batches = list(data.epoch(0))
+    assert len(batches) == len(data) and all(torch.isfinite(v).all() for b in batches for v in b)
+
+
+def test_unlabelled_shards_cannot_be_evaluated(tmp_path):
     from fastmoco.data.errors import DataError
     from fastmoco.data.labelled import labelled_set
     from fastmoco.data.shards import convert as to_shards
 
-    shards = _shards(tmp_path, per_class=4)
-    with pytest.raises(DataError, match="shards are read by the torch loader"):
-        build_data(_cfg(shards, tmp_path / "r", loader="dali"), "cpu")
+    _shards(tmp_path, per_class=4)
     lst = tmp_path / "list.txt"
     lst.write_text("".join(f"src/class0/{i}.png\n" for i in range(4)))  # no classes
     to_shards(str(lst), str(tmp_path / "plain"), workers=1, progress=False)

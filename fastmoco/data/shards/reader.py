@@ -17,7 +17,7 @@ from collections import OrderedDict
 from PIL import Image
 
 from ..errors import DataError
-from ..folder import DECODE_ERRORS, load_rgb
+from ..folder import DECODE_ERRORS, JPEG_TAIL, jpeg_tail_complete, load_rgb, shown_size
 from .manifest import index_path, parse_index
 
 TAR_BLOCK = 512
@@ -126,6 +126,28 @@ class ShardReader:
         except DECODE_ERRORS as exc:
             raise Skip(f"does not decode ({type(exc).__name__})") from None
 
+    def encoded(self, shard: int, i: int) -> tuple[bytes, tuple[int, int]]:
+        """(the image member's bytes, its (height, width) as shown) of sample i, checked from its header (and a
+        JPEG's end marker) without decoding it: what the DALI loader feeds its decoder; or Skip."""
+        refs, _, problem = self._index(shard)
+        if problem:
+            raise Skip(problem)
+        if refs[i].image is None:
+            raise Skip("no image member")
+        try:
+            data = self.member(shard, refs[i].image)
+        except OSError as exc:
+            raise Skip(f"cannot be read ({exc.strerror or exc})") from None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                hw, fmt = shown_size(im), im.format
+                im.verify()
+        except DECODE_ERRORS as exc:
+            raise Skip(f"does not decode ({type(exc).__name__})") from None
+        if fmt == "JPEG" and not jpeg_tail_complete(data[-JPEG_TAIL:]):
+            raise Skip("truncated JPEG (no end-of-image marker after its last scan)")
+        return data, hw
+
     def label(self, shard: int, i: int) -> int | None:
         """The class index of sample i of a shard (its .cls member alone, no image decoded), or None."""
         refs, _, problem = self._index(shard)
@@ -136,15 +158,15 @@ class ShardReader:
         except (Skip, OSError, ValueError):
             return None
 
-    def read_or_next(self, shard: int, i: int) -> tuple[Image.Image, int | None, list[str]]:
-        """Sample (shard, i), or the next readable one after it in the set; also the skipped samples, each as
-        'shard:key (reason)'."""
+    def read_or_next(self, shard: int, i: int, how=None):
+        """Sample (shard, i) read by ``how`` (default ``read``: (image, label)), or the next readable one after it
+        in the set; returns (*what ``how`` returns, the skipped samples, each as 'shard:key (reason)')."""
+        how = how or self.read
         skipped = []
         total = sum(self.counts)
         for _ in range(total):
             try:
-                img, label = self.read(shard, i)
-                return img, label, skipped
+                return (*how(shard, i), skipped)
             except Skip as why:
                 skipped.append(f"{self.name(shard)}:{self.key(shard, i)} ({why})")
             i += 1
