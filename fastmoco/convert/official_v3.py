@@ -90,8 +90,9 @@ def to_original(model_sd: dict, vit_input: tuple[int, int, int] | None = None) -
                 out["module." + theirs + k[len(ours):]] = v
                 break
     if vit_input is not None:
+        table = add_pos_embed({}, *vit_input)["pos_embed"]  # (1, 1 + patches, width), the same in both encoders
         for _, theirs in ENCODERS:
-            out[f"module.{theirs}pos_embed"] = add_pos_embed({}, *vit_input)["pos_embed"]
+            out[f"module.{theirs}pos_embed"] = table
     return out
 
 

@@ -65,30 +65,9 @@ def _build(cfg, device, rank, world, loader, in_memory):
 def _build_shards(cfg, device, rank, world, loader):
     shards = resolve(cfg.data)
     if cfg.subset:
-        shards = subset_shards(shards, cfg.subset)
+        shards = shards.first(cfg.subset)
     val_ds, note = None, None
     if cfg.val and shards.classes:  # the monitor compares labels: the training shards need theirs
         val_ds = labelled_set(cfg.val)
-        note = align_classes(_Named(shards), val_ds)
+        note = align_classes(shards, val_ds)
     return ShardData(cfg, device, shards, val_ds, rank, world, loader), note
-
-
-class _Named:
-    """A shard set seen as a labelled dataset (root, classes, class_to_idx) for ``align_classes``."""
-
-    def __init__(self, shards):
-        self.root, self.classes = shards.root, list(shards.classes)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-
-def subset_shards(shards, n: int):
-    """The first ``n`` samples of a shard set (whole shards, then the first samples of one)."""
-    import numpy as np
-
-    from .shards import ShardSet
-
-    ends = np.cumsum(shards.counts)  # (S,)
-    k = int(np.searchsorted(ends, n, side="left")) + 1
-    counts = shards.counts[:k].copy()
-    counts[-1] -= max(int(ends[k - 1]) - n, 0)
-    return ShardSet(shards.urls[:k], counts, shards.classes, shards.root)

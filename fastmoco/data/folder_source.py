@@ -12,29 +12,53 @@ from .plan import EpochPlan, batch_seed
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, RGB_HUE, RGB_JITTER, eval_transform, view_transform
 
 
-class FolderData(EpochPlan):
-    """An ImageFolder: DALI decodes each image once and makes both views, or DataLoader workers run the
-    per-sample v2 pipeline twice per image; either way each image's draws are seeded by its position in the epoch
-    (so neither the worker count nor a resume changes them)."""
+class RgbSource:
+    """What the RGB file sources (ImageFolders, shards) share: the two views (and small ones) of the recipe at
+    ImageNet's normalisation, the DALI runner for them, moving a DataLoader batch to the device, eval batches."""
 
-    def __init__(self, cfg, device, train_ds, val_ds, rank=0, world=1, loader="torch"):
-        super().__init__(cfg, len(train_ds), rank, world)
+    def _setup_views(self, cfg, device, loader: str):
+        """Sets the source's shape fields (and ``self.dali`` for DALI); returns (view transforms, small or None)."""
         self.device, self.loader = torch.device(device), loader
         self.image_size = cfg.image_size or 32
         self.in_channels, self.raw_shape = 3, None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.workers = cfg.workers
-        self.train_ds, self.val_ds = train_ds, val_ds
         self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
         lo, hi = cfg.small_crop_range()
         views = [view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale, view=v)
                  for v in (0, 1)]
         small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
-        self.pairs = TwoViews(train_ds, views, small, self.small_crops)
+        if loader == "dali":
+            self.dali = dali.epochs_for(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,
+                                        RGB_JITTER, RGB_HUE[cfg.aug], 0.0)
+        return views, small
+
+    def _to_device(self, views: list) -> tuple:
+        """A DataLoader batch's views on the device; small views (B, S, C, s, s) -> (S*B, C, s, s), crop-major like
+        the other loaders."""
+        if self.small_crops:
+            views[2] = views[2].transpose(0, 1).flatten(0, 1)
+        return tuple(v.to(self.device, non_blocking=True) for v in views)
+
+    def _eval_batches(self, ds):
+        ds.transform = eval_transform(self.image_size, self.mean, self.std)
+        for x, _ in torch.utils.data.DataLoader(ds, batch_size=256, num_workers=self.workers):
+            yield x.to(self.device)
+
+
+class FolderData(RgbSource, EpochPlan):
+    """An ImageFolder: DALI decodes each image once and makes both views, or DataLoader workers run the
+    per-sample v2 pipeline twice per image; either way each image's draws are seeded by its position in the epoch
+    (so neither the worker count nor a resume changes them)."""
+
+    def __init__(self, cfg, device, train_ds, val_ds, rank=0, world=1, loader="torch"):
+        EpochPlan.__init__(self, cfg, len(train_ds), rank, world)
         if loader == "dali":
             dali.check_names(path for path, _ in train_ds.samples)
-            self.dali = dali.epochs_for(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,
-                                     RGB_JITTER, RGB_HUE[cfg.aug], 0.0)
+        views, small = self._setup_views(cfg, device, loader)
+        self.train_ds, self.val_ds = train_ds, val_ds
+        self.pairs = TwoViews(train_ds, views, small, self.small_crops)
+        if loader == "dali":
             self.undecodable = set()  # files DALI failed to decode: replaced from then on
 
     def _readable_path(self, i: int) -> str:
@@ -79,18 +103,10 @@ class FolderData(EpochPlan):
         undecodable = 0
         for *views, skipped in loader:
             undecodable += int(skipped.sum())
-            if self.small_crops:  # (B, S, C, s, s) -> (S*B, C, s, s), crop-major like the other loaders
-                views[2] = views[2].transpose(0, 1).flatten(0, 1)
-            yield tuple(v.to(self.device, non_blocking=True) for v in views)
+            yield self._to_device(views)
         if undecodable:
             warnings.warn(f"{self.train_ds.root}: {undecodable} image(s) could not be decoded in epoch {epoch + 1} "
                           "and were replaced by the next readable image", stacklevel=2)
-
-    def _eval_batches(self, ds):
-        ds.transform = eval_transform(self.image_size, self.mean, self.std)
-        loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=self.workers)
-        for x, _ in loader:
-            yield x.to(self.device)
 
     def knn_sets(self):
         if self.val_ds is None:

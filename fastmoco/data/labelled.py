@@ -40,12 +40,11 @@ def labelled_set(path: str, subset: int = 0):
     from .shards import is_shards
 
     if is_shards(path):
-        from .build import subset_shards
         from .shard_source import ShardImages
         from .shards import resolve
 
         shards = resolve(path)
-        return ShardImages(subset_shards(shards, subset) if subset else shards)
+        return ShardImages(shards.first(subset) if subset else shards)
     ds = image_folder(path)
     if subset:
         ds.samples = ds.imgs = ds.samples[:subset]

@@ -12,7 +12,7 @@ from . import dali
 from .errors import DataError
 from .plan import ShardPlan, batch_seed
 from .shards import ShardReader, SkipReport
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, RGB_HUE, RGB_JITTER, eval_transform, view_transform
+from .folder_source import RgbSource
 
 
 class ShardPairs(torch.utils.data.Dataset):
@@ -51,8 +51,7 @@ class ShardImages(torch.utils.data.Dataset):
         if shards.classes is None:
             raise DataError(f"{shards.root}: these shards hold no classes (.cls members); evaluation needs labels")
         self.shards, self.transform = shards, transform
-        self.root, self.classes = shards.root, list(shards.classes)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.root, self.classes, self.class_to_idx = shards.root, list(shards.classes), shards.class_to_idx
         self.ends = np.cumsum(shards.counts)  # (S,)
         self._reader = None
         self.remap = None  # class index in these shards -> the training set's, once relabelled
@@ -114,26 +113,15 @@ class _EncodedBatches:
         return batch_seed(self.seed, self.epoch, start), np.array(sizes), blobs
 
 
-class ShardData(ShardPlan):
+class ShardData(RgbSource, ShardPlan):
     """Training on shards: DataLoader workers decode and augment (torch), or the main process reads each
     sample's bytes by index and DALI decodes (on the GPU when training there) and augments (dali)."""
 
     def __init__(self, cfg, device, shards, val_ds, rank=0, world=1, loader="torch"):
-        super().__init__(cfg, shards.counts, rank, world, cfg.shard_shuffle)
-        self.device, self.loader, self.shards = torch.device(device), loader, shards
-        self.image_size = cfg.image_size or 32
-        self.in_channels, self.raw_shape = 3, None
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.workers, self.val_ds = cfg.workers, val_ds
-        self.small_crops, self.small_size = cfg.small_crops, cfg.small_size(self.image_size)
-        lo, hi = cfg.small_crop_range()
-        views = [view_transform(cfg.aug, self.image_size, 3, self.mean, self.std, cfg.crop_min_scale, view=v)
-                 for v in (0, 1)]
-        small = view_transform(cfg.aug, self.small_size, 3, self.mean, self.std, lo, hi) if self.small_crops else None
+        ShardPlan.__init__(self, cfg, shards.counts, rank, world, cfg.shard_shuffle)
+        views, small = self._setup_views(cfg, device, loader)
+        self.shards, self.val_ds = shards, val_ds
         self.pairs = ShardPairs(shards.urls, shards.counts, views, small, self.small_crops)
-        if loader == "dali":
-            self.dali = dali.epochs_for(cfg, self.device, self.image_size, self.small_size, 3, self.mean, self.std,
-                                        RGB_JITTER, RGB_HUE[cfg.aug], 0.0)
 
     def _dali_epoch(self, epoch: int, skip: int):
         report = SkipReport()
@@ -157,15 +145,8 @@ class ShardData(ShardPlan):
         report = SkipReport()
         for *views, skipped in loader:
             report.add(n for s in skipped for n in s.split("\n"))
-            if self.small_crops:  # (B, S, C, s, s) -> (S*B, C, s, s), crop-major like the other loaders
-                views[2] = views[2].transpose(0, 1).flatten(0, 1)
-            yield tuple(v.to(self.device, non_blocking=True) for v in views)
+            yield self._to_device(views)
         report.warn(self.shards.root, epoch)
-
-    def _eval_batches(self, ds):
-        ds.transform = eval_transform(self.image_size, self.mean, self.std)
-        for x, _ in torch.utils.data.DataLoader(ds, batch_size=256, num_workers=self.workers):
-            yield x.to(self.device)
 
     def knn_sets(self):
         """The monitor: this training set's labelled shards as the bank, --val (shards or a folder) as queries."""

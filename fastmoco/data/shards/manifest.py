@@ -46,8 +46,20 @@ class ShardSet:
     def samples(self) -> int:
         return int(self.counts.sum())
 
+    @property
+    def class_to_idx(self) -> dict:
+        return {c: i for i, c in enumerate(self.classes or [])}
+
     def index_path(self, i: int) -> str:
         return index_path(self.urls[i])
+
+    def first(self, n: int) -> "ShardSet":
+        """The first ``n`` samples (whole shards, then the first samples of one)."""
+        ends = np.cumsum(self.counts)  # (S,)
+        k = int(np.searchsorted(ends, n, side="left")) + 1
+        counts = self.counts[:k].copy()
+        counts[-1] -= max(int(ends[k - 1]) - n, 0)
+        return ShardSet(self.urls[:k], counts, self.classes, self.root)
 
 
 def index_path(url: str) -> str:

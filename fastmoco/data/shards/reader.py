@@ -42,6 +42,7 @@ class ShardReader:
 
     def __init__(self, urls: list, counts):
         self.urls, self.counts = urls, [int(c) for c in counts]
+        self.total = sum(self.counts)
         self._indexes, self._files = OrderedDict(), OrderedDict()
 
     def name(self, shard: int) -> str:
@@ -106,21 +107,33 @@ class ShardReader:
         refs, _, _ = self._index(shard)
         return refs[i].key if i < len(refs) else f"sample {i}"
 
-    def read(self, shard: int, i: int) -> tuple[Image.Image, int | None]:
-        """(RGB image, class index or None) of sample i of a shard, or Skip."""
+    def _ref(self, shard: int, i: int):
+        """Sample i's index entry, or Skip when its shard or its image member is missing."""
         refs, _, problem = self._index(shard)
         if problem:
             raise Skip(problem)
-        ref = refs[i]
-        if ref.image is None:
+        if refs[i].image is None:
             raise Skip("no image member")
+        return refs[i]
+
+    def _bytes(self, shard: int, member) -> bytes:
         try:
-            data = self.member(shard, ref.image)
-            label = int(self.member(shard, ref.cls).decode().strip()) if ref.cls else None
+            return self.member(shard, member)
         except OSError as exc:
             raise Skip(f"cannot be read ({exc.strerror or exc})") from None
+
+    def _class(self, shard: int, ref) -> int | None:
+        if ref.cls is None:
+            return None
+        try:
+            return int(self._bytes(shard, ref.cls).decode().strip())
         except ValueError:
             raise Skip("its .cls member is not an integer") from None
+
+    def read(self, shard: int, i: int) -> tuple[Image.Image, int | None]:
+        """(RGB image, class index or None) of sample i of a shard, or Skip."""
+        ref = self._ref(shard, i)
+        data, label = self._bytes(shard, ref.image), self._class(shard, ref)
         try:
             return load_rgb(io.BytesIO(data)), label
         except DECODE_ERRORS as exc:
@@ -129,15 +142,7 @@ class ShardReader:
     def encoded(self, shard: int, i: int) -> tuple[bytes, tuple[int, int]]:
         """(the image member's bytes, its (height, width) as shown) of sample i, checked from its header (and a
         JPEG's end marker) without decoding it: what the DALI loader feeds its decoder; or Skip."""
-        refs, _, problem = self._index(shard)
-        if problem:
-            raise Skip(problem)
-        if refs[i].image is None:
-            raise Skip("no image member")
-        try:
-            data = self.member(shard, refs[i].image)
-        except OSError as exc:
-            raise Skip(f"cannot be read ({exc.strerror or exc})") from None
+        data = self._bytes(shard, self._ref(shard, i).image)
         try:
             with Image.open(io.BytesIO(data)) as im:
                 hw, fmt = shown_size(im), im.format
@@ -151,11 +156,11 @@ class ShardReader:
     def label(self, shard: int, i: int) -> int | None:
         """The class index of sample i of a shard (its .cls member alone, no image decoded), or None."""
         refs, _, problem = self._index(shard)
-        if problem or refs[i].cls is None:
+        if problem:
             return None
         try:
-            return int(self.member(shard, refs[i].cls).decode().strip())
-        except (Skip, OSError, ValueError):
+            return self._class(shard, refs[i])
+        except Skip:
             return None
 
     def read_or_next(self, shard: int, i: int, how=None):
@@ -163,8 +168,7 @@ class ShardReader:
         in the set; returns (*what ``how`` returns, the skipped samples, each as 'shard:key (reason)')."""
         how = how or self.read
         skipped = []
-        total = sum(self.counts)
-        for _ in range(total):
+        for _ in range(self.total):
             try:
                 return (*how(shard, i), skipped)
             except Skip as why:
@@ -172,7 +176,7 @@ class ShardReader:
             i += 1
             while i >= self.counts[shard]:
                 shard, i = (shard + 1) % len(self.counts), 0
-        raise DataError(f"none of the {total} samples in {len(self.counts)} shard(s) could be read "
+        raise DataError(f"none of the {self.total} samples in {len(self.counts)} shard(s) could be read "
                         f"(first: {skipped[0] if skipped else '?'})")
 
     def close(self):
