@@ -6,7 +6,7 @@ Two sources feed the same view graph (``_graph``):
   (``device="mixed"``, i.e. nvJPEG on the GPU, when training on CUDA; the CPU decoder otherwise);
 - in-memory uint8 images (Fashion-MNIST) through an external source.
 
-Order and sharding come from the loop's epoch plan (``_Sharded.plan``: one order per (seed, epoch), each rank its
+Order and sharding come from the loop's epoch plan (``EpochPlan.plan``: one order per (seed, epoch), each rank its
 slices), handed to DALI as this rank's file list, so both loaders see the same images in the same batches, a
 resumed run continues the uninterrupted run's order and the last partial step is dropped the same way. Every random
 choice (crop box, flip, jitter factors, greying, blur, erasing) is drawn by ``view_params.draw`` from a generator

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import FMNIST_DIR, needs_fmnist
-from fastmoco.data import TensorData, _Sharded
+from fastmoco.data import TensorData
 from fastmoco.models import MoCo, SplitBatchNorm2d, build_backbone
 from fastmoco.train import TrainConfig, train
 from fastmoco.train.distributed import ProcessGroup
@@ -140,7 +140,7 @@ def test_tensor_data_pairs_two_different_draws_of_the_same_image():
     data = TensorData(cfg, "cpu", images, torch.zeros(64, dtype=torch.long), images[:1], images[:1, 0, 0, 0].long())
     mark = lambda x, g: x.float() + 0.4 * torch.rand(x.shape, generator=g)  # noqa: E731 marks each draw, keeps the image
     data.augments = [mark, mark]
-    plan = list(_Sharded.plan(data, epoch=3))
+    plan = list(data.plan(epoch=3))
     for (v1, v2), (_, idx) in zip(data.epoch(3), plan):
         assert not torch.equal(v1, v2)  # two draws
         source = images[idx].float()
