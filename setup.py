@@ -73,6 +73,8 @@ setup(
             "fastmoco-lincls=fastmoco.cli.lincls:main",
             "fastmoco-convert=fastmoco.cli.convert:main",
             "fastmoco-shards=fastmoco.cli.shards:main",
+            "fastmoco-detect=fastmoco.cli.detect:main",
+            "fastmoco-scenes=fastmoco.cli.scenes:main",
         ]
     },
 )

@@ -92,3 +92,30 @@ def test_unlabelled_shards_cannot_be_evaluated(tmp_path):
     to_shards(str(lst), str(tmp_path / "plain"), workers=1, progress=False)
     with pytest.raises(DataError, match="these shards hold no classes"):
         labelled_set(str(tmp_path / "plain"))
+
+
+def _shard_worker(rank, world, port, results, cfg_kw):
+    from test_distributed_train import _env
+
+    from fastmoco.train.loop import Trainer
+
+    _env(rank, world, port)
+    trainer = Trainer(TrainConfig(**cfg_kw).resolved(), log=lambda *_: None)
+    try:
+        trainer.fit()
+        results[rank] = dict(steps=trainer.pos.step, state={k: v.clone() for k, v in trainer.model.state_dict().items()})
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_on_uneven_shards_in_step(tmp_path):
+    from test_distributed_train import _spawn
+
+    shards = _shards(tmp_path)  # 48 samples in shards of 10, 10, 10, 10, 8: no equal split by whole shards
+    kw = dict(data=shards, loader="torch", workers=0, batch_size=8, epochs=2, image_size=32, knn_k=5, width=4,
+              K=64, progress=False, threads=1, out=str(tmp_path / "run"), shard_shuffle=7)
+    res = _spawn(_shard_worker, kw)
+    assert res[0]["steps"] == res[1]["steps"] == 2 * (48 // 2 // 8)  # every rank the same steps: no hang at the end
+    for name, value in res[0]["state"].items():  # one model on both ranks
+        assert torch.equal(value, res[1]["state"][name]), name

@@ -1,0 +1,147 @@
+"""The MoCo paper's transfer comparison on the embedded Fashion-MNIST scenes: the same Mask R-CNN (FPN) fine-tuning
+schedule from (a) a MoCo backbone, (b) a supervised backbone of the same architecture trained on the labels for the
+same wall time, (c) random init; box and mask AP for each.
+
+    python benchmarks/transfer_fmnist.py                      # trains the default MoCo run first if --moco is absent
+    python benchmarks/transfer_fmnist.py --moco runs/fastmoco --seeds 0 1 2 --epochs 4
+    python benchmarks/transfer_fmnist.py --moco runs/fastmoco --norms bn frozen --inits moco supervised
+
+One job at a time (never two on 2 cores). Writes OUT/results.json, prints a markdown table (mean and standard
+deviation over the seeds) and draws OUT/transfer_fmnist.png (box and mask AP per initialisation). Every run is a
+real `fastmoco-detect` (or `fastmoco-train`) command, printed before it runs.
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from quality_fmnist import cpu_model  # noqa: E402
+from supervised_fmnist import run_seconds, train_supervised  # noqa: E402
+
+KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")
+
+
+def sh(cmd: list[str]) -> float:
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return time.time() - t0
+
+
+def last_metrics(out: str) -> dict:
+    with open(os.path.join(out, "metrics.csv")) as fh:
+        return {k: float(v) for k, v in list(csv.DictReader(fh))[-1].items()}
+
+
+def moco_run(args) -> str:
+    if args.moco:
+        return args.moco
+    run = os.path.join(args.out, "moco")
+    if not os.path.isfile(os.path.join(run, "last.pt")):
+        sh(["fastmoco-train", "--out", run, "--overwrite", "--no-progress"])
+    return run
+
+
+def sources(run: str, args, seed: int) -> dict:
+    """fastmoco-detect's SOURCE and extra arguments per initialisation; all three share the MoCo run's
+    architecture and input normalisation."""
+    from fastmoco.train.export import read_run
+
+    _, cfg, meta = read_run(run)
+    norm = ["--mean", ",".join(map(str, meta["mean"])), "--std", ",".join(map(str, meta["std"]))]
+    sup = os.path.join(args.out, f"supervised_s{seed}.pt")
+    if "supervised" in args.inits and not os.path.isfile(sup):
+        budget = run_seconds(run)
+        print(f"supervised: {cfg.arch} width {cfg.width}, {budget:.0f} s (the MoCo run's training time)", flush=True)
+        print(json.dumps(train_supervised(run, sup, budget, seed)), flush=True)
+    return {"moco": (run, []),
+            "supervised": (sup, ["--stem", cfg.stem, *norm]),
+            "random": ("random", ["--arch", cfg.arch, "--width", str(cfg.width), "--stem", cfg.stem,
+                                  "--in-channels", str(meta["in_channels"]), *norm])}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--moco", help="a fastmoco run directory (default: train the default run into OUT/moco)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--inits", nargs="+", default=["moco", "supervised", "random"],
+                   choices=["moco", "supervised", "random"])
+    p.add_argument("--norms", nargs="+", default=["bn"], choices=["bn", "frozen"])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--out", default="runs/transfer_fmnist")
+    p.add_argument("detect_args", nargs="*", help="extra fastmoco-detect arguments (after --)")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    run = moco_run(args)
+    rows = []
+    for seed in args.seeds:
+        src = sources(run, args, seed)
+        for norm in args.norms:
+            for init in args.inits:
+                source, extra = src[init]
+                out = os.path.join(args.out, f"{init}_{norm}_s{seed}")
+                wall = sh(["fastmoco-detect", source, "--out", out, "--resume", "never", "--no-progress",
+                           "--seed", str(seed), "--epochs", str(args.epochs), "--norm", norm, *extra,
+                           *args.detect_args])
+                row = dict(init=init, norm=norm, seed=seed, wall_s=round(wall, 1), **last_metrics(out))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                with open(os.path.join(args.out, "results.json"), "w") as fh:
+                    json.dump(rows, fh, indent=1)
+    table(rows, args)
+    plot(rows, os.path.join(args.out, "transfer_fmnist.png"))
+    return 0
+
+
+def _mean_sd(xs):
+    return f"{statistics.mean(xs):.2f}" + (f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
+
+
+def groups(rows):
+    out = {}
+    for r in rows:
+        out.setdefault((r["init"], r["norm"]), []).append(r)
+    return out
+
+
+def table(rows, args) -> None:
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; {args.epochs} epochs per fine-tuning, seeds {args.seeds}\n")
+    print("| init | norm | seeds | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | wall per run |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (init, norm), rs in groups(rows).items():
+        cells = " | ".join(_mean_sd([r[k] for r in rs]) for k in KEYS)
+        print(f"| {init} | {norm} | {len(rs)} | {cells} | {statistics.mean(r['wall_s'] for r in rs):.0f} s |")
+
+
+def plot(rows, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = groups(rows)
+    names = [f"{i}\n({n})" for i, n in g]
+    fig, ax = plt.subplots(figsize=(1.6 * len(g) + 2, 3.6))
+    for k, (key, label) in enumerate((("bbox_AP", "box AP"), ("segm_AP", "mask AP"))):
+        means = [statistics.mean(r[key] for r in rs) for rs in g.values()]
+        sds = [statistics.stdev([r[key] for r in rs]) if len(rs) > 1 else 0 for rs in g.values()]
+        ax.bar([i + 0.38 * k for i in range(len(g))], means, 0.36, yerr=sds, capsize=3, label=label)
+    ax.set_xticks([i + 0.19 for i in range(len(g))], names)
+    ax.set_ylabel("COCO AP (%)")
+    ax.set_title("Mask R-CNN on Fashion-MNIST scenes: MoCo vs supervised vs random init")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""fastmoco-scenes OUT: draw the embedded detection set (Fashion-MNIST items on textured canvases) as COCO JSON +
+PNGs: OUT/train.json, OUT/train/, OUT/val.json, OUT/val/. The same settings give the same files everywhere."""
+import argparse
+
+from fastmoco.cli import run_cli
+
+
+def _scenes(argv):
+    from fastmoco.data.scenes import SceneSpec, write_scenes
+    from fastmoco.train.config import TrainConfig
+
+    d = SceneSpec()
+    p = argparse.ArgumentParser(prog="fastmoco-scenes", description=__doc__)
+    p.add_argument("out", help="output folder (must be empty or absent)")
+    p.add_argument("--train", type=int, default=d.train, help="training scenes (items from the training images)")
+    p.add_argument("--val", type=int, default=d.val, help="validation scenes (items from the test images)")
+    p.add_argument("--size", type=int, default=d.size, help="canvas side in pixels")
+    p.add_argument("--items", type=int, nargs=2, default=d.items, metavar=("MIN", "MAX"), help="items per scene")
+    p.add_argument("--scale", type=float, nargs=2, default=d.scale, metavar=("MIN", "MAX"),
+                   help="item side as a multiple of 28 px")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--fmnist", default=TrainConfig().data, help="Fashion-MNIST folder")
+    a = p.parse_args(argv)
+    spec = SceneSpec(a.train, a.val, a.size, tuple(a.items), tuple(a.scale), a.seed)
+    print(write_scenes(a.out, a.fmnist, spec))
+
+
+def main(argv=None) -> int:
+    return run_cli("fastmoco-scenes", _scenes, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
