@@ -25,7 +25,7 @@ HELP = {
     "train_images": "folder of the training images", "val_json": "COCO annotations of the validation images",
     "val_images": "folder of the validation images",
     "image_size": "short side the images are resized to (default: the scenes' canvas, else 800)",
-    "fpn_channels": "feature pyramid channels (default min(256, the last stage's))",
+    "fpn_channels": "feature pyramid channels (default: half the last stage's, at most 256)",
     "arch": "architecture for SOURCE=random", "width": "base width for SOURCE=random",
     "stem": "stem for random (default small-s2), or the stride of a state_dict's 3x3 stem (small | small-s2)",
     "in_channels": "input channels for SOURCE=random",

@@ -12,7 +12,7 @@ CHOICES = {"model": DETECTORS, "norm": NORMS, "resume": RESUME_CHOICES, "arch": 
 # and cut the RoI heads' share of a CPU step
 SMALL_IMAGE = 256
 SMALL_HEADS = dict(rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
-                   rpn_post_nms_top_n_test=300, box_batch_size_per_image=128, box_detections_per_img=50)
+                   rpn_post_nms_top_n_test=300, box_batch_size_per_image=64, box_detections_per_img=50)
 # settings a resumed run must share with the checkpoint (the rest, e.g. workers or progress, may change)
 FIXED_ON_RESUME = ("model", "norm", "epochs", "batch_size", "lr", "warmup_iters", "train_json", "val_json",
                    "image_size", "fpn_channels", "seed", "arch", "width", "stem", "in_channels", "mean", "std")
@@ -33,7 +33,7 @@ class DetectSettings:
     val_json: str | None = None
     val_images: str | None = None
     image_size: int | None = None  # None: the scenes' canvas, else 800 (COCO's short side)
-    fpn_channels: int | None = None  # None: min(256, the last stage's channels)
+    fpn_channels: int | None = None  # None: min(256, half the last stage's channels)
     arch: str = "resnet10"  # the architecture of 'random' (a run or a state_dict says its own)
     width: int = 16
     stem: str | None = None  # 'random' (default small-s2) or overriding a state_dict's 3x3 stem: small | small-s2
