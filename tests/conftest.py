@@ -65,3 +65,27 @@ def write_undecodable_png(path, size=(20, 20)):
         at += 12 + length
     with open(path, "wb") as fh:
         fh.write(bytes(out))
+
+
+# -- several processes as torchrun would start them (gloo on CPU) ------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, world: int, port: int):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def _spawn(fn, *args, world=2):
+    port = _free_port()
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(fn, args=(world, port, results, *args), nprocs=world)
+        return dict(results)

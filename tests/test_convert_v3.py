@@ -37,16 +37,25 @@ def _original_v3(tmp_path, prefix="module.", hidden=64, dim=32, epoch=5):
     base.fc = _original_mlp(2, 512, hidden, dim, True)
     momentum = copy.deepcopy(base)
     predictor = _original_mlp(2, dim, hidden, dim, False)
-    with torch.no_grad():  # every tensor its own values, so a key mapped to the wrong place changes an output
-        for net in (base, momentum, predictor):
-            for t in net.state_dict().values():
-                if t.is_floating_point():
-                    t.copy_(torch.rand_like(t) * 0.2 + (0.5 if t.dim() == 1 else -0.1))
+    fill_distinct(base, momentum, predictor)
+    return save_original_v3(tmp_path / "checkpoint_0005.pth.tar", prefix, base, momentum, predictor, epoch, "resnet18")
+
+
+@torch.no_grad()
+def fill_distinct(*nets, skip: str = "\0") -> None:
+    """Every float tensor its own random values, so a key mapped to the wrong place changes an output."""
+    for net in nets:
+        for k, t in net.state_dict().items():
+            if t.is_floating_point() and skip not in k:
+                t.copy_(torch.rand_like(t) * 0.2 + (0.5 if t.dim() == 1 else -0.1))
+
+
+def save_original_v3(path, prefix, base, momentum, predictor, epoch, arch):
+    """The three networks saved as the original MoCo v3 code saves them; (path, the three in eval mode)."""
     sd = {f"{prefix}base_encoder.{k}": v for k, v in base.state_dict().items()}
     sd.update({f"{prefix}momentum_encoder.{k}": v for k, v in momentum.state_dict().items()})
     sd.update({f"{prefix}predictor.{k}": v for k, v in predictor.state_dict().items()})
-    path = tmp_path / "checkpoint_0005.pth.tar"
-    torch.save({"epoch": epoch, "arch": "resnet18", "state_dict": sd, "optimizer": {}, "scaler": {}}, path)
+    torch.save({"epoch": epoch, "arch": arch, "state_dict": sd, "optimizer": {}, "scaler": {}}, path)
     return str(path), base.eval(), momentum.eval(), predictor.eval()
 
 

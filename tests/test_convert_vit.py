@@ -19,7 +19,7 @@ from fastmoco.models import build_backbone, build_method
 from fastmoco.train import TrainConfig
 from fastmoco.train.export import init_backbone, load_backbone, read_run
 
-from test_convert_v3 import _original_mlp
+from test_convert_v3 import _original_mlp, fill_distinct, save_original_v3
 
 FMNIST_VIT = dict(patch_size=4, embed_dim=96, depth=4, num_heads=3)
 
@@ -46,24 +46,15 @@ def _original_vit(size=28, channels=1):
 def _original_v3_vit(tmp_path, prefix="module.", hidden=64, dim=32, epoch=7, size=28, channels=1):
     torch.manual_seed(0)
     base = _original_vit(size, channels)
-    with torch.no_grad():  # every tensor its own values, so a key mapped to the wrong place changes an output
-        for k, t in base.state_dict().items():
-            t.copy_(torch.rand_like(t) * 0.2 + (0.5 if t.dim() == 1 else -0.1))
+    fill_distinct(base)
+    with torch.no_grad():
         base.pos_embed.copy_(_hand_table(size // 4, 96))
     base.head = _original_mlp(3, 96, hidden, dim, True)
     momentum = copy.deepcopy(base)
     predictor = _original_mlp(2, dim, hidden, dim, True)
-    with torch.no_grad():
-        for net in (base.head, momentum, predictor):
-            for k, t in net.state_dict().items():
-                if t.is_floating_point() and "pos_embed" not in k:
-                    t.copy_(torch.rand_like(t) * 0.2 + (0.5 if t.dim() == 1 else -0.1))
-    sd = {f"{prefix}base_encoder.{k}": v for k, v in base.state_dict().items()}
-    sd.update({f"{prefix}momentum_encoder.{k}": v for k, v in momentum.state_dict().items()})
-    sd.update({f"{prefix}predictor.{k}": v for k, v in predictor.state_dict().items()})
-    path = tmp_path / "vit_checkpoint_0007.pth.tar"
-    torch.save({"epoch": epoch, "arch": "vit_small", "state_dict": sd, "optimizer": {}, "scaler": {}}, path)
-    return str(path), base.eval(), momentum.eval(), predictor.eval()
+    fill_distinct(base.head, momentum, predictor, skip="pos_embed")
+    return save_original_v3(tmp_path / "vit_checkpoint_0007.pth.tar", prefix, base, momentum, predictor, epoch,
+                            "vit_small")
 
 
 def _model(run):

@@ -3,7 +3,6 @@
 import copy
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import _free_port
 from fastmoco.models import MoCoV3, bn_mlp, build_backbone, build_method
 from fastmoco.train.config import TrainConfig
 from fastmoco.train.schedules import momentum_at
@@ -74,11 +74,6 @@ def test_identical_embeddings_give_exactly_4T_ln_N():
         total = model.ctr(v, v) + model.ctr(v, v)
         assert total.item() == pytest.approx(4 * T * math.log(8), rel=1e-6)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ranks_worker(rank, world, port, results):

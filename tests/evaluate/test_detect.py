@@ -310,3 +310,48 @@ def test_fine_tunes_from_a_fastmoco_run_with_its_normalisation(tmp_path):
     assert said[0].startswith(f"fine-tuning fasterrcnn (frozen) from {run}: ")
     assert set(res) >= {"bbox_AP", "bbox_AP50", "bbox_AP75"} and "segm_AP" not in res
     assert os.path.isfile(os.path.join(run, "detect", "metrics.csv"))
+
+
+def _detect_worker(rank, world, port, results, paths, out):
+    import fastmoco.evaluate.detection.finetune as ft
+    from conftest import _env
+
+    _env(rank, world, port)
+    save, states = ft._save, []
+
+    def recording(run, where):  # every process's model at each checkpoint (process 0 alone writes the file)
+        save(run, where)
+        states.append({k: v.clone() for k, v in run.model.state_dict().items()})
+    ft._save = recording
+    res = run_detect("random", _settings(paths, out, epochs=1, show=0, checkpoint_every=1), log=lambda *_: None)
+    results[rank] = dict(res=res, states=states)
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_one_detector(tmp_path):
+    from conftest import _spawn
+
+    paths = _tiny_set(str(tmp_path / "data"))
+    two = _spawn(_detect_worker, paths, str(tmp_path / "two"))
+    assert len(two[0]["states"]) == len(two[1]["states"]) == 2 + 1  # 2 steps of 4 images (2 each), epoch end
+    for a, b in zip(two[0]["states"], two[1]["states"]):  # gradients averaged, BN statistics averaged: one model
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert set(two[0]["res"]) >= {"bbox_AP", "segm_AP"} and two[1]["res"] == {}  # process 0 scores all images
+    saved = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in two[0]["states"][-1].items())
+
+
+def test_images_are_converted_to_the_backbones_channels(tmp_path):
+    from PIL import Image
+
+    paths = _tiny_set(str(tmp_path / "data"), n_train=4, n_val=1)
+    grey = CocoSet(*paths["train"], channels=1, masks=True, with_boxes=True)
+    rgb = CocoSet(*paths["train"], channels=3, masks=True, with_boxes=True)
+    image_id = grey.ids[0]
+    luma = np.asarray(Image.open(os.path.join(paths["train"][1], "0.png")).convert("L"), np.float32) / 255
+    assert grey.image(image_id).shape == (1, 48, 48) and rgb.image(image_id).shape == (3, 48, 48)
+    assert torch.allclose(grey.image(image_id)[0], torch.from_numpy(luma))  # ITU-R 601 luma, as PIL's "L"
+    Image.fromarray((luma * 255).astype(np.uint8)).save(os.path.join(paths["train"][1], "0.png"))  # a grey file
+    again = rgb.image(image_id)
+    assert torch.equal(again[0], again[1]) and torch.equal(again[1], again[2])  # its channel repeated

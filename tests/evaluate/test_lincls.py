@@ -1,14 +1,13 @@
 """The linear protocol: the paper's schedule and transforms, a fast-protocol classifier that learns, a frozen
 backbone, torchrun sharding, one-line errors."""
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
+from conftest import FMNIST_DIR, _free_port, needs_fmnist
 from fastmoco.evaluate import lincls
 from fastmoco.evaluate.lincls import PROTOCOLS, LinclsSettings, lr_at, run_lincls
 
@@ -119,11 +118,6 @@ def test_official_protocol_keeps_the_backbone_frozen(tiny_run, monkeypatch, tmp_
     with open(tmp_path / "metrics.csv") as fh:
         assert len(fh.read().strip().splitlines()) == 3
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)

@@ -1,13 +1,11 @@
 """The training loop under torch.distributed: two CPU processes (gloo), as torchrun would start them."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import FMNIST_DIR, needs_fmnist
+from conftest import FMNIST_DIR, _env, _spawn, needs_fmnist  # noqa: F401  (_env: other modules take it here)
 from fastmoco.train import TrainConfig, train
 from fastmoco.train.distributed import CrossRankShuffle
 from fastmoco.train.loop import Trainer
@@ -16,25 +14,6 @@ pytestmark = [needs_fmnist(), pytest.mark.slow]
 B = 32  # per-process batch
 TINY = dict(data=FMNIST_DIR, subset=1024, batch_size=B, width=4, K=200, epochs=1, lr=0.06, progress=False,
             threads=1, knn_k=20)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(rank: int, world: int, port: int):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-
-
-def _spawn(fn, *args, world=2):
-    port = _free_port()
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(fn, args=(world, port, results, *args), nprocs=world)
-        return dict(results)
 
 
 def _train_worker(rank, world, port, results, cfg_kw):

@@ -95,7 +95,7 @@ def test_unlabelled_shards_cannot_be_evaluated(tmp_path):
 
 
 def _shard_worker(rank, world, port, results, cfg_kw):
-    from test_distributed_train import _env
+    from conftest import _env
 
     from fastmoco.train.loop import Trainer
 
@@ -110,7 +110,7 @@ def _shard_worker(rank, world, port, results, cfg_kw):
 
 @pytest.mark.slow
 def test_two_ranks_train_on_uneven_shards_in_step(tmp_path):
-    from test_distributed_train import _spawn
+    from conftest import _spawn
 
     shards = _shards(tmp_path)  # 48 samples in shards of 10, 10, 10, 10, 8: no equal split by whole shards
     kw = dict(data=shards, loader="torch", workers=0, batch_size=8, epochs=2, image_size=32, knn_k=5, width=4,

@@ -52,6 +52,19 @@ def _pixel_stats(ds: CocoSet) -> tuple[tuple, tuple]:
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).tolist())
 
 
+def _normalisation(s: DetectSettings, backbone, train_ds: CocoSet) -> tuple[tuple, tuple]:
+    """The input mean and std: --mean/--std, else the run's, else the training images' statistics."""
+    mean, std = (backbone.mean, backbone.std) if backbone.mean is not None else (None, None)
+    if mean is None and (s.mean is None or s.std is None):
+        mean, std = _pixel_stats(train_ds)
+    mean = parse_floats("mean", s.mean) if s.mean is not None else mean
+    std = parse_floats("std", s.std) if s.std is not None else std
+    if len(mean) != backbone.in_channels or len(std) != backbone.in_channels:
+        raise ConfigError(f"the backbone takes {backbone.in_channels} channel(s): give --mean/--std with "
+                          f"{backbone.in_channels} value(s), got {len(mean)} and {len(std)}")
+    return mean, std
+
+
 class _EpochImages(torch.utils.data.Dataset):
     """The training set with each image's flip seeded from (seed, epoch, image)."""
 
@@ -136,14 +149,7 @@ class _Run:
             raise DataError(f"{tj} and {vj} list other categories: {self.train_ds.cat_ids} vs {self.val_ds.cat_ids}")
         if len(self.train_ds) < s.batch_size:
             raise ConfigError(f"{len(self.train_ds)} training images, fewer than one batch of {s.batch_size}")
-        mean, std = backbone.mean, backbone.std
-        if mean is None:
-            mean, std = _pixel_stats(self.train_ds)
-        mean = parse_floats("mean", s.mean) if s.mean is not None else mean
-        std = parse_floats("std", s.std) if s.std is not None else std
-        if len(mean) != backbone.in_channels or len(std) != backbone.in_channels:
-            raise ConfigError(f"the backbone takes {backbone.in_channels} channel(s): give --mean/--std with "
-                              f"{backbone.in_channels} value(s), got {len(mean)} and {len(std)}")
+        mean, std = _normalisation(s, backbone, self.train_ds)
         self.size = s.image_size or self.train_ds.data.get("info", {}).get("size") or 800
         heads = SMALL_HEADS if self.size <= SMALL_IMAGE else {}
         self.model = build_detector(backbone.resnet, backbone.stem, len(self.train_ds.cat_ids), s.model,
