@@ -5,6 +5,7 @@ same wall time, (c) random init; box and mask AP for each.
     python benchmarks/transfer_fmnist.py                      # trains the default MoCo run first if --moco is absent
     python benchmarks/transfer_fmnist.py --moco runs/fastmoco --seeds 0 1 2 --epochs 4
     python benchmarks/transfer_fmnist.py --moco runs/fastmoco --norms bn frozen --inits moco supervised
+    python benchmarks/transfer_fmnist.py --report a/results.json b/results.json   # one table + plot of both
 
 One job at a time (never two on 2 cores). Writes OUT/results.json, prints a markdown table (mean and standard
 deviation over the seeds) and draws OUT/transfer_fmnist.png (box and mask AP per initialisation). Every run is a
@@ -77,9 +78,16 @@ def main() -> int:
     p.add_argument("--norms", nargs="+", default=["bn"], choices=["bn", "frozen"])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--out", default="runs/transfer_fmnist")
+    p.add_argument("--report", nargs="+", metavar="RESULTS_JSON",
+                   help="run nothing: the table and plot of earlier runs' results.json files (written to OUT)")
     p.add_argument("detect_args", nargs="*", help="extra fastmoco-detect arguments (after --)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.report:
+        rows = [r for path in args.report for r in json.load(open(path))]
+        table(rows)
+        plot(rows, os.path.join(args.out, "transfer_fmnist.png"))
+        return 0
     run = moco_run(args)
     rows = []
     for seed in args.seeds:
@@ -96,7 +104,7 @@ def main() -> int:
                 rows.append(row)
                 with open(os.path.join(args.out, "results.json"), "w") as fh:
                     json.dump(rows, fh, indent=1)
-    table(rows, args)
+    table(rows)
     plot(rows, os.path.join(args.out, "transfer_fmnist.png"))
     return 0
 
@@ -112,8 +120,10 @@ def groups(rows):
     return out
 
 
-def table(rows, args) -> None:
-    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; {args.epochs} epochs per fine-tuning, seeds {args.seeds}\n")
+def table(rows) -> None:
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; {int(rows[0]['epoch'])} epochs per fine-tuning, "
+          f"seeds {seeds}\n")
     print("| init | norm | seeds | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | wall per run |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (init, norm), rs in groups(rows).items():
