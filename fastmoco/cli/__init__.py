@@ -1,7 +1,23 @@
 """Command-line entry points. Expected failures print one line ``PROG: error: ...`` and exit 2; Ctrl-C at any
 moment (even while torch is still being imported) prints one line and exits 130."""
+import argparse
 import signal
 import sys
+
+
+def add_fields(parser, settings_cls, help: dict, choices: dict) -> None:
+    """One ``--flag`` per field of a settings dataclass (``--no-flag`` for booleans), typed from its annotation."""
+    from dataclasses import fields
+
+    for f in fields(settings_cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help[f.name])
+        else:
+            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help[f.name],
+                                choices=list(choices[f.name]) if f.name in choices else None)
 
 
 def _expected_errors() -> tuple:

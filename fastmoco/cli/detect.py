@@ -11,9 +11,8 @@ trains on the embedded Fashion-MNIST scenes (drawn on first use into ~/.cache/fa
   torchrun --nproc_per_node=8 -m fastmoco.detect runs/r50 ...     # SyncBN in backbone and FPN on CUDA
 """
 import argparse
-from dataclasses import fields
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import add_fields, run_cli
 
 HELP = {
     "model": "maskrcnn (boxes and masks) | fasterrcnn (boxes)",
@@ -45,15 +44,7 @@ def _detect(argv):
     p = argparse.ArgumentParser(prog="fastmoco-detect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="a fastmoco run directory, a ResNet state_dict file, or 'random'")
-    for f in fields(DetectSettings):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=HELP[f.name])
-        else:
-            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-            p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=HELP[f.name],
-                           choices=list(CHOICES[f.name]) if f.name in CHOICES else None)
+    add_fields(p, DetectSettings, HELP, CHOICES)
     args = vars(p.parse_args(argv))
     run_detect(args.pop("source"), DetectSettings(**args))
 

@@ -6,9 +6,8 @@
   fastmoco-lincls runs/imported --data /imagenet/train --val /imagenet/val --knn
 """
 import argparse
-from dataclasses import fields
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import add_fields, run_cli
 
 HELP = {
     "protocol": "official (the paper's protocol of the run's method: MoCo v1/v2's, or v3's for ResNets / ViTs) | "
@@ -35,15 +34,7 @@ def _lincls(argv):
     p = argparse.ArgumentParser(prog="fastmoco-lincls", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a fastmoco run directory (trained or imported) or a checkpoint file")
-    for f in fields(LinclsSettings):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=HELP[f.name])
-        else:
-            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-            p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=HELP[f.name],
-                           choices=list(PROTOCOL_CHOICES) if f.name == "protocol" else None)
+    add_fields(p, LinclsSettings, HELP, {"protocol": PROTOCOL_CHOICES})
     args = vars(p.parse_args(argv))
     run_lincls(args.pop("run_dir"), LinclsSettings(**args))
 

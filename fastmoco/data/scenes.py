@@ -103,7 +103,8 @@ def rle_of(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _split(out: str, split: str, images, labels, spec: SceneSpec, count: int, progress: bool) -> dict:
+def write_split(out: str, split: str, images, labels, spec: SceneSpec, count: int, progress: bool) -> dict:
+    """One split of ``count`` scenes of ``images`` (N, 28, 28) uint8 into ``out/split/*.png`` + ``out/split.json``."""
     from tqdm import tqdm
 
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
@@ -153,7 +154,7 @@ def write_scenes(out: str, fmnist_root: str, spec: SceneSpec = SceneSpec(), prog
     try:
         for split, train in (("train", True), ("val", False)):
             images, labels = load_fmnist(fmnist_root, train=train)
-            _split(tmp, split, images[:, 0].numpy(), labels.numpy(), spec, getattr(spec, split), progress)
+            write_split(tmp, split, images[:, 0].numpy(), labels.numpy(), spec, getattr(spec, split), progress)
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.replace(tmp, out)

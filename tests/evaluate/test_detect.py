@@ -9,7 +9,7 @@ import torch
 
 from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.data.errors import DataError
-from fastmoco.data.scenes import SceneSpec, box_of, draw_scene, rle_of, write_scenes
+from fastmoco.data.scenes import SceneSpec, box_of, draw_scene, rle_of, write_scenes, write_split
 from fastmoco.evaluate.detection import CocoSet, DetectSettings, coco_ap, lr_factor, run_detect
 from fastmoco.evaluate.detection.coco import coco_api, hflip
 from fastmoco.evaluate.detection.source import load_source
@@ -188,28 +188,12 @@ def test_coco_ap_of_known_cases():
 
 # -- fine-tuning end to end: resume, bad inputs ----------------------------------------------------------------
 def _tiny_set(root, n_train=8, n_val=2):
+    """A small COCO set of block items on 48 px canvases, written by the scene set's own split writer."""
     images, labels = _block_items(value=230)
     spec = SceneSpec(size=48, items=(1, 2), scale=(1.0, 1.0))
-    from PIL import Image
-
-    paths = {}
-    for split, n, seed in (("train", n_train, 0), ("val", n_val, 1)):
-        rng = np.random.default_rng(seed)
-        os.makedirs(os.path.join(root, split), exist_ok=True)
-        data = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": f"c{i}"} for i in range(10)],
-                "info": {"size": 48}}
-        for i in range(n):
-            canvas, objects = draw_scene(rng, images, labels, spec)
-            Image.fromarray(canvas).save(os.path.join(root, split, f"{i}.png"))
-            data["images"].append({"id": i + 1, "file_name": f"{i}.png", "width": 48, "height": 48})
-            for lab, m in objects:
-                data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": i + 1,
-                                            "category_id": lab + 1, "bbox": box_of(m), "area": int(m.sum()),
-                                            "segmentation": rle_of(m), "iscrowd": 0})
-        with open(os.path.join(root, f"{split}.json"), "w") as fh:
-            json.dump(data, fh)
-        paths[split] = (os.path.join(root, f"{split}.json"), os.path.join(root, split))
-    return paths
+    for split, n in (("train", n_train), ("val", n_val)):
+        write_split(root, split, images, labels, spec, n, False)
+    return {split: (os.path.join(root, f"{split}.json"), os.path.join(root, split)) for split in ("train", "val")}
 
 
 def _settings(paths, out, **kw):
@@ -349,9 +333,9 @@ def test_images_are_converted_to_the_backbones_channels(tmp_path):
     grey = CocoSet(*paths["train"], channels=1, masks=True, with_boxes=True)
     rgb = CocoSet(*paths["train"], channels=3, masks=True, with_boxes=True)
     image_id = grey.ids[0]
-    luma = np.asarray(Image.open(os.path.join(paths["train"][1], "0.png")).convert("L"), np.float32) / 255
+    luma = np.asarray(Image.open(os.path.join(paths["train"][1], "000000.png")).convert("L"), np.float32) / 255
     assert grey.image(image_id).shape == (1, 48, 48) and rgb.image(image_id).shape == (3, 48, 48)
     assert torch.allclose(grey.image(image_id)[0], torch.from_numpy(luma))  # ITU-R 601 luma, as PIL's "L"
-    Image.fromarray((luma * 255).astype(np.uint8)).save(os.path.join(paths["train"][1], "0.png"))  # a grey file
+    Image.fromarray((luma * 255).astype(np.uint8)).save(os.path.join(paths["train"][1], "000000.png"))  # grey
     again = rgb.image(image_id)
     assert torch.equal(again[0], again[1]) and torch.equal(again[1], again[2])  # its channel repeated
