@@ -18,7 +18,8 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 cat "$OUT/env.txt"
 
 # no internet there: install only the package itself (torch, triton are present); pytest-benchmark may be
-# carried as a wheel in .whl/ (see the device README)
+# carried as a wheel in .whl/ (see the device README), and pycocotools for the detection test
+# (tests/evaluate/test_detect.py::test_fine_tunes_on_cuda)
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
@@ -27,7 +28,7 @@ python3 -c "import fastmoco.ops as o; print('native:', o.native_available())" | 
 
 # CUDA tests (the CPU suite runs in CI); TRITON_INTERPRET must stay unset here so the real kernels run
 # (-s: the reduce-overhead test prints which graphs inductor did not capture)
-TRITON_INTERPRET=0 python3 -m pytest -q -s tests/ops tests/train -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
+TRITON_INTERPRET=0 python3 -m pytest -q -s tests/ops tests/train tests/evaluate -k "cuda" -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.txt"
 
 # the op benchmarks, the in-batch InfoNCE (MoCo v3) at N=512/M=4096 and N=4096/M=32768 bf16 among them
 python3 -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds \

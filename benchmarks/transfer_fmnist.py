@@ -97,8 +97,8 @@ def main() -> int:
                 source, extra = src[init]
                 out = os.path.join(args.out, f"{init}_{norm}_s{seed}")
                 wall = sh(["fastmoco-detect", source, "--out", out, "--resume", "never", "--no-progress",
-                           "--seed", str(seed), "--epochs", str(args.epochs), "--norm", norm, *extra,
-                           *args.detect_args])
+                           "--seed", str(seed), "--epochs", str(args.epochs), "--norm", norm,
+                           "--eval-every", str(args.epochs), *extra, *args.detect_args])  # scored once, at the end
                 row = dict(init=init, norm=norm, seed=seed, wall_s=round(wall, 1), **last_metrics(out))
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
+from conftest import FMNIST_DIR, cuda_only, needs_fmnist
 from fastmoco.data.errors import DataError
 from fastmoco.data.scenes import SceneSpec, box_of, draw_scene, rle_of, write_scenes, write_split
 from fastmoco.evaluate.detection import CocoSet, DetectSettings, coco_ap, lr_factor, run_detect
@@ -339,3 +339,14 @@ def test_images_are_converted_to_the_backbones_channels(tmp_path):
     Image.fromarray((luma * 255).astype(np.uint8)).save(os.path.join(paths["train"][1], "000000.png"))  # grey
     again = rgb.image(image_id)
     assert torch.equal(again[0], again[1]) and torch.equal(again[1], again[2])  # its channel repeated
+
+
+@cuda_only
+def test_fine_tunes_on_cuda(tmp_path):
+    """The detector, its data and its evaluation on the GPU (runs in benchmarks/gpu_check.sh)."""
+    paths = _tiny_set(str(tmp_path / "data"))
+    res = run_detect("random", _settings(paths, tmp_path / "gpu", epochs=1, device="cuda"), log=lambda *_: None)
+    assert set(res) >= {"bbox_AP", "segm_AP"}
+    said = []  # the CUDA run's checkpoint resumes on the CPU (it is finished: nothing left to train)
+    again = run_detect("random", _settings(paths, tmp_path / "gpu", epochs=1, device="cpu"), log=said.append)
+    assert any("resuming" in line for line in said) and again == res
