@@ -147,6 +147,9 @@ class _Run:
         self.val_ds = CocoSet(vj, vi, backbone.in_channels, masks, with_boxes=False)
         if self.train_ds.cat_ids != self.val_ds.cat_ids:
             raise DataError(f"{tj} and {vj} list other categories: {self.train_ds.cat_ids} vs {self.val_ds.cat_ids}")
+        if s.batch_size % pg.world:
+            raise ConfigError(f"batch size {s.batch_size} does not split over {pg.world} processes: give a multiple "
+                              f"of {pg.world}")
         if len(self.train_ds) < s.batch_size:
             raise ConfigError(f"{len(self.train_ds)} training images, fewer than one batch of {s.batch_size}")
         mean, std = _normalisation(s, backbone, self.train_ds)
