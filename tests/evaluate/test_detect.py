@@ -317,7 +317,7 @@ def test_two_processes_fine_tune_one_detector(tmp_path):
 
     paths = _tiny_set(str(tmp_path / "data"))
     two = _spawn(_detect_worker, paths, str(tmp_path / "two"))
-    assert len(two[0]["states"]) == len(two[1]["states"]) == 2 + 1  # 2 steps of 4 images (2 each), epoch end
+    assert len(two[0]["states"]) == len(two[1]["states"]) == 2  # step 1 of 2 (4 images, 2 each), the epoch's end
     for a, b in zip(two[0]["states"], two[1]["states"]):  # gradients averaged, BN statistics averaged: one model
         for k in a:
             assert torch.equal(a[k], b[k]), k

@@ -221,8 +221,8 @@ def _train_epoch(run: _Run, epoch: int, out: str, bar) -> float:
         total += loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if run.iteration % s.checkpoint_every == 0:
-            _save(run, out)
+        if run.iteration % s.checkpoint_every == 0 and run.iteration % run.steps_per_epoch:
+            _save(run, out)  # an epoch's last step is saved after its evaluation, so a resume cannot skip that
     return total / max(len(steps), 1)
 
 
