@@ -120,13 +120,19 @@ def init_settings(path: str) -> dict:
     return {k: state["config"][k] for k in BACKBONE_FIELDS if k in state["config"]} if is_run else {}
 
 
+def plain_backbone(state: dict) -> dict:
+    """The backbone tensors of a plain state_dict (or one under ``state_dict``): a classifier (``fc.*``) is not
+    part of the backbone."""
+    return {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+
+
 def init_backbone(model, path: str) -> None:
     """Both encoders' backbones set to the weights at ``path`` (see ``TrainConfig.init``)."""
     state, is_run = _read_init(path)
     if is_run:
         sd = backbone_state_dict(state["model"])
     else:  # a plain backbone state_dict (torchvision names); a classifier is not part of the backbone
-        sd = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+        sd = plain_backbone(state)
     for encoder in (model.encoder_q, model.encoder_k):
         load_exactly(encoder.backbone, sd, f"--init: {path}", ConfigError, "this backbone")
 

@@ -54,7 +54,7 @@ def _pixel_stats(ds: CocoSet) -> tuple[tuple, tuple]:
 
 def _normalisation(s: DetectSettings, backbone, train_ds: CocoSet) -> tuple[tuple, tuple]:
     """The input mean and std: --mean/--std, else the run's, else the training images' statistics."""
-    mean, std = (backbone.mean, backbone.std) if backbone.mean is not None else (None, None)
+    mean, std = backbone.mean, backbone.std  # both None for a plain state_dict or random init
     if mean is None and (s.mean is None or s.std is None):
         mean, std = _pixel_stats(train_ds)
     mean = parse_floats("mean", s.mean) if s.mean is not None else mean

@@ -38,14 +38,12 @@ def _from_run(path: str) -> Backbone:
                     f"{path}: {cfg.method} {cfg.arch} width {cfg.width} stem {cfg.stem}")
 
 
-def _from_state_dict(path: str, stem: str | None) -> Backbone:
+def _from_state_dict(state: dict, path: str, stem: str | None) -> Backbone:
     from fastmoco.convert.official import ConvertError, infer_resnet
     from fastmoco.convert.vit_layout import is_vit_state_dict
-    from fastmoco.train.export import read_weights
+    from fastmoco.train.export import plain_backbone
 
-    sd = read_weights(path, ConfigError)
-    sd = {k.removeprefix("module."): v for k, v in sd.get("state_dict", sd).items()}
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # a classifier is not part of the backbone
+    sd = {k.removeprefix("module."): v for k, v in plain_backbone(state).items()}
     if "conv1.weight" not in sd:
         kind = "ViT" if is_vit_state_dict(sd) else "non-ResNet"
         raise _not_wrappable(f"a {kind} state_dict (keys {', '.join(list(sd)[:2])}, ...)", path)
@@ -74,12 +72,8 @@ def load_source(source: str, arch: str, width: int, stem: str | None, in_channel
     if os.path.isdir(source):
         return _from_run(source)
     if os.path.isfile(source):
-        state_keys = _peek(source)
-        return _from_run(source) if {"config", "model"} <= state_keys else _from_state_dict(source, stem)
+        from fastmoco.train.export import read_weights
+
+        state = read_weights(source, ConfigError)  # read once; a checkpoint is read again with its own checks
+        return _from_run(source) if {"config", "model"} <= set(state) else _from_state_dict(state, source, stem)
     raise DataError(f"{source} is neither a fastmoco run, a checkpoint or state_dict file, nor 'random'")
-
-
-def _peek(path: str) -> set:
-    from fastmoco.train.export import read_weights
-
-    return set(read_weights(path, ConfigError))
