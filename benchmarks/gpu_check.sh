@@ -17,9 +17,9 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# no internet there: install only the package itself (torch, triton are present); pytest-benchmark may be
-# carried as a wheel in .whl/ (see the device README), and pycocotools for the detection test
-# (tests/evaluate/test_detect.py::test_fine_tunes_on_cuda)
+# no internet there: install only the package itself (torch, triton are present); wheels it lacks travel in .whl/,
+# downloaded beforehand on a machine with internet by `bash scripts/gpu_wheels.sh` (pycocotools, for the detection
+# test tests/evaluate/test_detect.py::test_fine_tunes_on_cuda)
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi

@@ -179,8 +179,14 @@ class _Run:
                     categories=self.train_ds.data["categories"])
 
 
-def _save(run: _Run, out: str) -> None:
-    run.pg.average_buffers([b for b in run.model.buffers() if b.is_floating_point()])  # BN statistics
+def _average_bn(run: _Run) -> None:
+    """Every rank's BN statistics set to their mean, so the ranks evaluate and save one model."""
+    run.pg.average_buffers([b for b in run.model.buffers() if b.is_floating_point()])
+
+
+def _save(run: _Run, out: str, averaged: bool = False) -> None:
+    if not averaged:
+        _average_bn(run)
     if run.pg.is_main:
         ckpt_io.save_atomic(run.state(), os.path.join(out, CHECKPOINT))
 
@@ -252,8 +258,8 @@ def run_detect(source: str, s: DetectSettings, log=print) -> dict:
                dynamic_ncols=True)
     for epoch in range(run.iteration // run.steps_per_epoch, s.epochs):
         loss = _train_epoch(run, epoch, out, bar)
+        _average_bn(run)  # once per epoch end: for the evaluation and the checkpoint
         if (epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs:
-            run.pg.average_buffers([b for b in run.model.buffers() if b.is_floating_point()])
             ap = evaluate(run.model, run.val_ds, pg, max(1, s.batch_size // pg.world), s.progress and pg.is_main)
             if pg.is_main:
                 run.metrics.append(dict(epoch=epoch + 1, step=run.iteration, loss=round(loss, 4),
@@ -261,7 +267,7 @@ def run_detect(source: str, s: DetectSettings, log=print) -> dict:
                 _write_metrics(run.metrics, os.path.join(out, "metrics.csv"))
                 log("epoch {epoch}: ".format(**run.metrics[-1]) +
                     ", ".join(f"{k} {v:.2f}" for k, v in run.metrics[-1].items() if "AP" in k))
-        _save(run, out)
+        _save(run, out, averaged=True)
     bar.close()
     if pg.is_main and s.show:
         run.model.eval()
