@@ -212,8 +212,8 @@ def test_resumed_fine_tuning_takes_the_uninterrupted_runs_steps(tmp_path, monkey
     save = ft._save
     calls = []
 
-    def interrupted(run, out, **kw):  # the first checkpoint (step 1 of 4) is written, then the process "dies"
-        save(run, out, **kw)
+    def interrupted(run, out):  # the first checkpoint (step 1 of 4) is written, then the process "dies"
+        save(run, out)
         calls.append(run.iteration)
         raise KeyboardInterrupt
     monkeypatch.setattr(ft, "_save", interrupted)
@@ -303,8 +303,8 @@ def _detect_worker(rank, world, port, results, paths, out):
     _env(rank, world, port)
     save, states = ft._save, []
 
-    def recording(run, where, **kw):  # every process's model at each checkpoint (process 0 alone writes the file)
-        save(run, where, **kw)
+    def recording(run, where):  # every process's model at each checkpoint (process 0 alone writes the file)
+        save(run, where)
         states.append({k: v.clone() for k, v in run.model.state_dict().items()})
     ft._save = recording
     res = run_detect("random", _settings(paths, out, epochs=1, show=0, checkpoint_every=1), log=lambda *_: None)

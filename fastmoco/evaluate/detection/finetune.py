@@ -184,9 +184,8 @@ def _average_bn(run: _Run) -> None:
     run.pg.average_buffers([b for b in run.model.buffers() if b.is_floating_point()])
 
 
-def _save(run: _Run, out: str, averaged: bool = False) -> None:
-    if not averaged:
-        _average_bn(run)
+def _save(run: _Run, out: str) -> None:
+    """Process 0 writes the checkpoint; the caller has averaged the BN statistics (`_average_bn`) first."""
     if run.pg.is_main:
         ckpt_io.save_atomic(run.state(), os.path.join(out, CHECKPOINT))
 
@@ -228,6 +227,7 @@ def _train_epoch(run: _Run, epoch: int, out: str, bar) -> float:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if run.iteration % s.checkpoint_every == 0 and run.iteration % run.steps_per_epoch:
+            _average_bn(run)
             _save(run, out)  # an epoch's last step is saved after its evaluation, so a resume cannot skip that
     return total / max(len(steps), 1)
 
@@ -267,7 +267,7 @@ def run_detect(source: str, s: DetectSettings, log=print) -> dict:
                 _write_metrics(run.metrics, os.path.join(out, "metrics.csv"))
                 log("epoch {epoch}: ".format(**run.metrics[-1]) +
                     ", ".join(f"{k} {v:.2f}" for k, v in run.metrics[-1].items() if "AP" in k))
-        _save(run, out, averaged=True)
+        _save(run, out)
     bar.close()
     if pg.is_main and s.show:
         run.model.eval()
