@@ -34,6 +34,20 @@ def _os_error_line(exc: OSError) -> str:
     return f"{what}: {exc.filename}" if exc.filename else what
 
 
+def _message(exc: Exception) -> str:
+    """An expected error's message as one line. An error raised in a DataLoader worker comes back with the
+    worker's traceback in its message ("Caught DataError in DataLoader worker process 0. Original Traceback
+    ... DataError: <message>"): its last line holds the message."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "Original Traceback" in str(exc):
+        last = lines[-1]
+        name = type(exc).__name__ + ": "
+        return last.split(name, 1)[1] if name in last else last
+    return lines[0] if len(lines) == 1 else " ".join(ln.strip() for ln in lines)
+
+
 def _say(line: str) -> None:
     """One line to stderr in one write: under torchrun every rank shares the terminal, and print's two writes
     (text, then newline) of two ranks interleave into one garbled line."""
@@ -55,7 +69,7 @@ def run_cli(prog: str, fn, argv=None) -> int:
             _say(f"{prog}: {exc}")
             return 128 + int(getattr(signal, exc.signame, signal.SIGTERM))
         if isinstance(exc, expected):
-            _say(f"{prog}: error: {exc}")
+            _say(f"{prog}: error: {_message(exc)}")
             return 2
         if isinstance(exc, OSError):  # a full disk, a permission, a vanished file: the system's words, one line
             _say(f"{prog}: error: {_os_error_line(exc)}")

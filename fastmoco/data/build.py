@@ -69,5 +69,5 @@ def _build_shards(cfg, device, rank, world, loader):
     val_ds, note = None, None
     if cfg.val and shards.classes:  # the monitor compares labels: the training shards need theirs
         val_ds = labelled_set(cfg.val)
-        note = align_classes(shards, val_ds)
+        note = "; ".join(n for n in (getattr(val_ds, "note", None), align_classes(shards, val_ds)) if n) or None
     return ShardData(cfg, device, shards, val_ds, rank, world, loader), note

@@ -89,21 +89,77 @@ def _size(path: str):
         return None
 
 
+def walk_once(top: str, seen_dirs: set, skip=frozenset()) -> list[str]:
+    """The files under ``top`` (folders in sorted path order, files sorted within each), following symbolic links
+    to folders but entering each real folder once (``seen_dirs``, shared over calls) and none of ``skip``: a link
+    loop is listed once instead of down to the path-length limit, which branches exponentially."""
+    real = os.path.realpath(top)
+    if real in seen_dirs or real in skip:
+        return []
+    seen_dirs.add(real)
+    folders = []
+    for dirpath, dirnames, files in os.walk(top, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in seen_dirs and real not in skip:
+                seen_dirs.add(real)
+                keep.append(d)
+        dirnames[:] = keep  # os.walk descends into these only
+        folders.append((dirpath, sorted(files)))
+    return [os.path.join(d, f) for d, files in sorted(folders) for f in files]
+
+
+def list_classes(root: str, classes: list, is_image) -> list[tuple[str, int]]:
+    """(path, class index) of every image under ``root/CLASS/``, each real file once, with the class whose folder
+    really holds it: a link from one class's folder into another's (or up to the root) neither repeats nor
+    relabels an image. Files reached only through links to folders outside every class get the class whose folder
+    links to them."""
+    roots = {os.path.realpath(os.path.join(root, c)): i for i, c in enumerate(classes)}
+    seen_dirs, found = set(), {}
+    for i, c in enumerate(classes):
+        top = os.path.join(root, c)
+        for path in walk_once(top, seen_dirs, skip=roots.keys() - {os.path.realpath(top)}):
+            real = os.path.realpath(path)
+            if real not in found and is_image(path):
+                found[real] = (path, _owner(real, roots, i))
+    return list(found.values())
+
+
+def _owner(real: str, roots: dict, default: int) -> int:
+    """The class whose real folder holds ``real`` (at any depth), else ``default``."""
+    parent = os.path.dirname(real)
+    while True:
+        if parent in roots:
+            return roots[parent]
+        up = os.path.dirname(parent)
+        if up == parent:
+            return default
+        parent = up
+
+
+class _ListedOnce(ImageFolder):
+    """torchvision's ImageFolder with ``list_classes`` as its listing (its own walk follows link loops)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+        classes = sorted(class_to_idx, key=class_to_idx.get)
+        samples = list_classes(str(directory), classes, lambda p: has_file_allowed_extension(p, IMG_EXTENSIONS))
+        if not samples and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(classes)}")
+        return samples
+
+
 def image_folder(root: str, transform=None) -> ImageFolder:
     if not os.path.isdir(root):
         raise DataError(f"data path does not exist: {root}")
     root = os.path.abspath(root)
     try:
-        ds = ImageFolder(root, transform=transform, loader=load_rgb)
+        ds = _ListedOnce(root, transform=transform, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as exc:  # no class folders / no images
         raise DataError(f"{root} holds no images in class sub-folders ({str(exc).splitlines()[0]})") from None
-    seen, unique = set(), []
-    for path, target in ds.samples:  # a symlink loop lists the same files again under longer paths
-        real = os.path.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            unique.append((path, target))
-    ds.samples = unique
     ds.image_sizes = {}  # path -> (height, width): the DALI loader draws its crop boxes in pixels
     for path, _ in ds.samples:
         size = _size(path)

@@ -9,6 +9,7 @@ from . import dali
 from .errors import DataError
 from .folder import TwoViews
 from .plan import EpochPlan, batch_seed
+from .shards.reader import SkipReport
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, RGB_HUE, RGB_JITTER, eval_transform, view_transform
 
 
@@ -41,9 +42,21 @@ class RgbSource:
         return tuple(v.to(self.device, non_blocking=True) for v in views)
 
     def _eval_batches(self, ds):
+        """(images, labels) of ``ds`` at the evaluation transform; samples a sharded set replaced (it yields a
+        third, 'replaced' field) are reported once at the end."""
         ds.transform = eval_transform(self.image_size, self.mean, self.std)
-        for x, _ in torch.utils.data.DataLoader(ds, batch_size=256, num_workers=self.workers):
-            yield x.to(self.device)
+        report = SkipReport()
+        for x, y, *replaced in torch.utils.data.DataLoader(ds, batch_size=256, num_workers=self.workers):
+            if replaced:
+                report.add(replaced[0])
+            yield x.to(self.device), y
+        line = report.line(ds.root, "could not be read for the kNN monitor and were replaced by the next readable one")
+        if line:
+            warnings.warn(line, stacklevel=2)
+
+    def monitor_off(self) -> str:
+        """Why the kNN monitor does not run (when ``knn_sets()`` is None)."""
+        return "kNN monitor off: no labelled validation set (pass --val: an ImageFolder or labelled shards)"
 
 
 class FolderData(RgbSource, EpochPlan):
@@ -112,5 +125,4 @@ class FolderData(RgbSource, EpochPlan):
         if self.val_ds is None:
             return None
         bank = copy.copy(self.train_ds)  # the same (verified, subset) files, with the eval transform
-        return (lambda: self._eval_batches(bank), torch.tensor(bank.targets),
-                lambda: self._eval_batches(self.val_ds), torch.tensor(self.val_ds.targets))
+        return lambda: self._eval_batches(bank), lambda: self._eval_batches(self.val_ds)

@@ -83,7 +83,7 @@ def _names(classes: list, most: int = 5) -> str:
 def labelled_sets(data: str, val: str | None, subset: int = 0):
     """(train set, evaluation set, number of classes, note); each set has ``.transform`` and ``.targets``; the
     evaluation set's labels are the training set's (by class name); ``note`` says what is evaluated when the
-    evaluation set lacks some training classes (else None)."""
+    evaluation set lacks some training classes, and which samples of labelled shards were left out (else None)."""
     if is_fmnist_dir(data):
         x, y = load_fmnist(data, train=True)
         train = TensorImages(x[:subset] if subset else x, y[:subset] if subset else y)
@@ -96,6 +96,7 @@ def labelled_sets(data: str, val: str | None, subset: int = 0):
         if not val:
             raise DataError(f"{data} is an ImageFolder or shards: pass --val, labelled images to evaluate on")
         train, test = labelled_set(data, subset), labelled_set(val)
-    note = align_classes(train, test) if val else None
+    notes = [getattr(train, "note", None), getattr(test, "note", None), align_classes(train, test) if val else None]
+    note = "; ".join(n for n in notes if n) or None
     classes = max(max(train.targets), max(test.targets)) + 1
     return train, test, classes, note

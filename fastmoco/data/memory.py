@@ -50,16 +50,17 @@ class TensorData(EpochPlan):
                 views += (torch.cat([self.small_augment(x, g) for _ in range(self.small_crops)]),)  # (S*B, C, s, s)
             yield views
 
-    def _eval_batches(self, images, batch: int = 1024):
+    def _eval_batches(self, images, labels, batch: int = 1024):
+        """(normalised images (b, C, H, W), labels (b,)) in batches, at the training size."""
         mean = torch.tensor(self.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, -1, 1, 1)
         for i in range(0, len(images), batch):
             x = images[i:i + batch].to(self.device).float() / 255.0  # (b, C, H, W)
             if x.shape[-1] != self.image_size:
                 x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-            yield (x - mean) / std
+            yield (x - mean) / std, labels[i:i + batch]
 
     def knn_sets(self):
-        """(memory-bank batches, bank labels, query batches, query labels), or None without labels."""
-        return (lambda: self._eval_batches(self.images), self.labels,
-                lambda: self._eval_batches(self.test_images), self.test_labels)
+        """(memory-bank batches, query batches): callables yielding (images, labels), or None without labels."""
+        return (lambda: self._eval_batches(self.images, self.labels),
+                lambda: self._eval_batches(self.test_images, self.test_labels))

@@ -67,8 +67,10 @@ class ShardPlan:
     does not fill a step is left out this epoch (under one shard per rank, a different part each epoch: the shard
     order changes). Inside its slice a rank shuffles in windows of ``window`` consecutive samples (a shuffle buffer
     whose order is drawn from (seed, epoch, rank, window), so it needs no data to replay): reads stay sequential
-    within a window, and a resume at any step rebuilds the same batches. Every sample is seen at most once per
-    epoch. Holds one count per shard, no per-sample data.
+    within a window, and a resume at any step rebuilds the same batches. The windows tile the rank's whole share,
+    whatever the step size, and the rank reads its stream from ``skip / world`` on: a run resumed with another
+    ``--accum-steps`` continues the same stream, so every sample is still seen at most once per epoch. Holds one
+    count per shard, no per-sample data.
     """
 
     def __init__(self, cfg, counts, rank: int, world: int, window: int):
@@ -90,17 +92,18 @@ class ShardPlan:
         return self.num_samples // self.samples_per_step
 
     def steps(self, skip: int = 0) -> int:
-        return (self.num_samples - skip) // self.samples_per_step
+        """Optimizer steps left once ``skip`` samples of the epoch (over all ranks) are done."""
+        return (self.take - skip // self.world) // (self.batch_size * self.accum)
 
     def ranges(self, epoch: int, rank: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(shard ids, first sample, sample count) of the shard ranges ``rank`` (default: this one) reads in
-        ``epoch``, in reading order; together they hold ``take`` samples."""
+        """(shard ids, first sample, sample count) of the shard ranges of ``rank``'s (default: this one's) share of
+        ``epoch``, in stream order; together they hold ``share`` samples, of which the rank reads ``take``."""
         rank = self.rank if rank is None else rank
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.counts))  # (S,) the shard order
         c = self.counts[order]
         ends = np.cumsum(c)  # (S,) end of each shard in the concatenation
         starts = ends - c
-        lo, hi = rank * self.share, rank * self.share + self.take
+        lo, hi = rank * self.share, (rank + 1) * self.share
         a, b = int(np.searchsorted(ends, lo, side="right")), int(np.searchsorted(starts, hi, side="left"))
         first = np.maximum(lo - starts[a:b], 0)  # (k,)
         last = np.minimum(hi - starts[a:b], c[a:b])
@@ -114,22 +117,24 @@ class ShardPlan:
 
     def plan(self, epoch: int, skip: int = 0):
         """(start position, [(shard, sample), ...]) of this rank's micro-batches, from global sample ``skip`` of
-        the epoch on (``skip`` counts whole optimizer steps, as the loop saves it)."""
+        the epoch on (``skip`` counts whole optimizer steps of the run that saved it: every rank has read
+        ``skip / world`` samples of its stream)."""
         shard_ids, first, length = self.ranges(epoch)
         stream_end = np.cumsum(length)  # (k,) end of each range in this rank's stream
         stream_start = stream_end - length
-        s0 = skip // self.samples_per_step
+        q0 = skip // self.world  # where this rank's stream continues
         cached = (-1, None)
-        for s in range(s0, s0 + self.steps(skip)):
+        for s in range(self.steps(skip)):
             for j in range(self.accum):
                 refs = []
-                for q in range((s * self.accum + j) * self.batch_size, (s * self.accum + j + 1) * self.batch_size):
+                lo = q0 + (s * self.accum + j) * self.batch_size
+                for q in range(lo, lo + self.batch_size):
                     w = q // self.window
                     if cached[0] != w:
-                        size = min(self.window, self.take - w * self.window)
+                        size = min(self.window, self.share - w * self.window)
                         cached = (w, self.window_order(epoch, w, size))
                     p = w * self.window + int(cached[1][q - w * self.window])  # position in the rank's stream
                     k = int(np.searchsorted(stream_end, p, side="right"))
                     refs.append((int(shard_ids[k]), int(first[k] + p - stream_start[k])))
-                start = s * self.samples_per_step + (j * self.world + self.rank) * self.batch_size
+                start = skip + s * self.samples_per_step + (j * self.world + self.rank) * self.batch_size
                 yield start, refs

@@ -5,6 +5,8 @@ The DALI loader is fed each sample's bytes by the same plan (an external source 
 instead of reading the tars with ``fn.readers.webdataset``: DALI's reader shards and shuffles by its own rules
 (no balanced sample-granular split, a shuffle buffer that a mid-epoch resume cannot replay), while one plan for
 both loaders gives the same samples in the same batches and an exact resume."""
+import warnings
+
 import numpy as np
 import torch
 
@@ -12,6 +14,7 @@ from . import dali
 from .errors import DataError
 from .plan import ShardPlan, batch_seed
 from .shards import ShardReader, SkipReport
+from .shards.reader import Skip
 from .folder_source import RgbSource
 
 
@@ -44,18 +47,33 @@ class ShardPairs(torch.utils.data.Dataset):
 
 
 class ShardImages(torch.utils.data.Dataset):
-    """Every sample of a shard set in order, as (transformed image, class index): labelled shards for the kNN
-    monitor and the linear protocol. ``targets`` are read from the shards' indexes and class members."""
+    """The samples of a shard set that have a readable class, in order, as (transformed image, class index,
+    replaced): labelled shards for the kNN monitor and the linear protocol. A sample without a readable class
+    (its shard missing or its index unreadable, no .cls member, a class index outside ``classes``) is left out and
+    named in ``note``; one whose image does not decode is replaced by the next readable sample, with that sample's
+    class, and ``replaced`` names it ('' when nothing was replaced)."""
 
     def __init__(self, shards, transform=None):
         if shards.classes is None:
             raise DataError(f"{shards.root}: these shards hold no classes (.cls members); evaluation needs labels")
         self.shards, self.transform = shards, transform
         self.root, self.classes, self.class_to_idx = shards.root, list(shards.classes), shards.class_to_idx
-        self.ends = np.cumsum(shards.counts)  # (S,)
         self._reader = None
         self.remap = None  # class index in these shards -> the training set's, once relabelled
-        self.targets = [self._label(i) for i in range(len(self))]
+        self.items, self.targets, left_out = [], [], SkipReport()
+        for shard, count in enumerate(shards.counts.tolist()):
+            for i in range(count):
+                label = self.reader.label(shard, i)
+                if label is None or not 0 <= label < len(self.classes):
+                    why = "no readable class" if label is None else f"class index {label} not among its classes"
+                    left_out.add([f"{self.reader.name(shard)}:{self.reader.key(shard, i)} ({why})"])
+                    continue
+                self.items.append((shard, i))
+                self.targets.append(label)
+        if not self.items:
+            raise DataError(f"{shards.root}: none of its {shards.samples} samples has a readable class "
+                            f"(first: {left_out.names[0] if left_out.names else '?'})")
+        self.note = left_out.line(shards.root, "left out of evaluation (no usable class)")
 
     @property
     def reader(self) -> ShardReader:
@@ -63,30 +81,32 @@ class ShardImages(torch.utils.data.Dataset):
             self._reader = ShardReader(self.shards.urls, self.shards.counts)
         return self._reader
 
-    def _locate(self, i: int) -> tuple[int, int]:
-        shard = int(np.searchsorted(self.ends, i, side="right"))
-        return shard, i - int(self.ends[shard] - self.shards.counts[shard])
-
-    def _label(self, i: int) -> int:
-        label = self.reader.label(*self._locate(i))
-        return -1 if label is None else label
-
     def relabel(self, class_to_idx: dict, flag: str) -> None:
         """Class indices matched by name to a training set's ``class_to_idx`` (a class it lacks is an error)."""
         extra = [c for c in self.classes if c not in class_to_idx]
         if extra:
             raise DataError(f"{flag} {self.root} has classes the training data lacks: {', '.join(extra[:5])}")
         self.remap = [class_to_idx[c] for c in self.classes]
-        self.targets = [self.remap[t] if t >= 0 else t for t in self.targets]
+        self.targets = [self.remap[t] for t in self.targets]
 
     def __len__(self):
-        return int(self.ends[-1]) if len(self.ends) else 0
+        return len(self.items)
 
-    def __getitem__(self, i):
-        img, label, _ = self.reader.read_or_next(*self._locate(i))
-        if label is not None and self.remap is not None:
+    def __getitem__(self, k):
+        replaced = ""
+        for step in range(len(self.items)):
+            shard, i = self.items[(k + step) % len(self.items)]
+            try:
+                img, label = self.reader.read(shard, i)
+                break
+            except Skip as why:
+                replaced = replaced or f"{self.reader.name(shard)}:{self.reader.key(shard, i)} ({why})"
+        else:
+            raise DataError(f"{self.root}: none of its {len(self.items)} labelled samples could be read "
+                            f"(first: {replaced})")
+        if self.remap is not None:
             label = self.remap[label]
-        return (self.transform(img) if self.transform else img), -1 if label is None else label
+        return (self.transform(img) if self.transform else img), label, replaced
 
     def __getstate__(self):  # to DataLoader workers without open files
         return {**self.__dict__, "_reader": None}
@@ -120,7 +140,7 @@ class ShardData(RgbSource, ShardPlan):
     def __init__(self, cfg, device, shards, val_ds, rank=0, world=1, loader="torch"):
         ShardPlan.__init__(self, cfg, shards.counts, rank, world, cfg.shard_shuffle)
         views, small = self._setup_views(cfg, device, loader)
-        self.shards, self.val_ds = shards, val_ds
+        self.shards, self.val_ds, self.cfg_val = shards, val_ds, cfg.val
         self.pairs = ShardPairs(shards.urls, shards.counts, views, small, self.small_crops)
 
     def _dali_epoch(self, epoch: int, skip: int):
@@ -153,5 +173,12 @@ class ShardData(RgbSource, ShardPlan):
         if self.val_ds is None or self.shards.classes is None:
             return None
         bank = ShardImages(self.shards)
-        return (lambda: self._eval_batches(bank), torch.tensor(bank.targets),
-                lambda: self._eval_batches(self.val_ds), torch.tensor(self.val_ds.targets))
+        if bank.note:
+            warnings.warn(bank.note, stacklevel=2)
+        return (lambda: self._eval_batches(bank), lambda: self._eval_batches(self.val_ds))
+
+    def monitor_off(self) -> str:
+        if self.val_ds is None and self.shards.classes is None:
+            return (f"kNN monitor off: the training shards {self.shards.root} hold no classes (.cls members), and "
+                    "the monitor's memory bank needs them" + (" (--val alone cannot score)" if self.cfg_val else ""))
+        return super().monitor_off()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fastmoco.data.labelled import labelled_sets
+from fastmoco.data.shards.reader import SkipReport
 from fastmoco.data.transforms import crop_flip_transform, eval_transform
 from fastmoco.evaluate.knn import knn_predict
 
@@ -91,16 +92,29 @@ def _topk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return 100.0 * hit[:, 0].float().mean().item(), 100.0 * hit.any(1).float().mean().item()
 
 
+def _report_replaced(ds, names: list, pg, log, what: str) -> None:
+    """One line naming the samples a sharded set replaced (its items' third field), over every process."""
+    report = SkipReport()
+    for part in pg.all_objects(names):
+        report.add(part)
+    line = report.line(getattr(ds, "root", "the data"), f"could not be read {what} and were replaced by the next "
+                                                        "readable one")
+    if line:
+        log(line)
+
+
 @torch.no_grad()
-def extract(backbone, ds, transform, pg, batch: int, workers: int, progress: bool, desc: str):
+def extract(backbone, ds, transform, pg, batch: int, workers: int, progress: bool, desc: str, log=print):
     """(features (N, D), labels (N,)) of every image of ``ds``; each process extracts every world-th image."""
     ds.transform = transform
     mine = list(range(pg.rank, len(ds), pg.world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch, num_workers=workers)
-    feats, labels = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    feats, labels, replaced = [], [], []
+    for x, y, *rest in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         feats.append(backbone(x.to(pg.device)).float().cpu())  # (b, D)
         labels.append(torch.as_tensor(y))
+        replaced += [n for n in (rest[0] if rest else []) if n]
+    _report_replaced(ds, replaced, pg, log, f"({desc})")
     parts = pg.all_objects((torch.cat(feats), torch.cat(labels)))
     out = torch.empty(len(ds), parts[0][0].shape[1])  # (N, D)
     ys = torch.empty(len(ds), dtype=torch.long)
@@ -146,7 +160,8 @@ def _fit_fast(fc, train, test, proto, s, pg, metrics):
     return dict(feature_mean=mean, feature_std=std)
 
 
-def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metrics, size, mean, std, channels):
+def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metrics, size, mean, std, channels,
+                  log=print):
     fc = fc.to(pg.device)
     opt = torch.optim.SGD(fc.parameters(), lr=s.lr, momentum=proto["momentum"], weight_decay=proto["weight_decay"])
     train_tf = crop_flip_transform(size, mean, std, channels)
@@ -158,10 +173,11 @@ def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metric
         train_ds.transform = train_tf
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=[b[pg.rank::pg.world].tolist() for b in steps],
                                              num_workers=s.workers)
-        total = 0.0
+        total, replaced = 0.0, []
         bar = tqdm(zip(steps, loader), total=len(steps), desc=f"epoch {epoch + 1}/{s.epochs}", leave=False,
                    disable=not (s.progress and pg.is_main), dynamic_ncols=True)
-        for batch, (x, y) in bar:
+        for batch, (x, y, *rest) in bar:
+            replaced += [n for n in (rest[0] if rest else []) if n]
             with torch.no_grad():
                 feats = backbone(x.to(pg.device))  # (b, D), frozen
             loss = F.cross_entropy(fc(feats), y.to(pg.device), reduction="sum") / len(batch)  # global-batch mean
@@ -170,7 +186,8 @@ def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metric
             pg.sum_grads(fc.parameters())
             opt.step()
             total += loss.item()
-        xt, yt = extract(backbone, test_ds, eval_tf, pg, 256, s.workers, False, "evaluate")
+        _report_replaced(train_ds, replaced, pg, log, f"in training epoch {epoch + 1}")
+        xt, yt = extract(backbone, test_ds, eval_tf, pg, 256, s.workers, False, "evaluate", log)
         with torch.no_grad():
             top1, top5 = _topk(fc(xt.to(pg.device)), yt.to(pg.device))
         loss_mean = pg.mean(total) * pg.world / len(steps)  # each process summed its share of each batch mean
@@ -227,8 +244,8 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
     show = s.progress and pg.is_main
     if name == "fast" or s.knn:
         knn_tf = eval_transform(size, mean, std, 1.0, channels)  # the kNN monitor's view of the images
-        train = extract(backbone, train_ds, knn_tf, pg, 256, s.workers, show, "features (train)")
-        test = extract(backbone, test_ds, knn_tf, pg, 256, s.workers, show, "features (eval)")
+        train = extract(backbone, train_ds, knn_tf, pg, 256, s.workers, show, "features (train)", log)
+        test = extract(backbone, test_ds, knn_tf, pg, 256, s.workers, show, "features (eval)", log)
         if s.knn:
             pred = knn_predict(F.normalize(test[0], dim=1), F.normalize(train[0], dim=1), train[1], classes,
                                cfg.knn_k, cfg.knn_t)
@@ -238,7 +255,7 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
         extra = _fit_fast(fc, train, test, proto, s, pg, metrics)
     else:
         extra = _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metrics, size, mean, std,
-                              channels)
+                              channels, log)
     last = metrics.rows[-1]
     summary.update(top1=last["top1"], top5=last["top5"])
     if pg.is_main:

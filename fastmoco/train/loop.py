@@ -230,12 +230,20 @@ class Trainer:
 
     # -- epoch end -------------------------------------------------------------------------------------------
     def _knn(self):
-        """Rank 0 runs the monitor on its (plain, eval-mode) backbone; the other ranks wait for its outcome."""
+        """Rank 0 runs the monitor on its (plain, eval-mode) backbone; the other ranks wait for its outcome. The
+        monitor only watches: when it fails (unreadable evaluation data, say) the epoch is recorded and saved
+        without a kNN score, and one line says why."""
         def monitor():
             if self.knn_sets is None:
                 return None
-            return knn_accuracy(self.model.backbone, self.knn_sets, self.cfg.knn_k, self.cfg.knn_t,
-                                self.cfg.channels_last)
+            try:
+                return knn_accuracy(self.model.backbone, self.knn_sets, self.cfg.knn_k, self.cfg.knn_t,
+                                    self.cfg.channels_last)
+            except Exception as exc:  # noqa: BLE001 - whatever broke, training and its checkpoint go on
+                reason = str(exc).strip().splitlines()
+                self.log(f"kNN monitor failed, no score this epoch ({type(exc).__name__}: "
+                         f"{reason[-1] if reason else ''}); the checkpoint is written as usual")
+                return None
 
         return self.pg.together(monitor, main_only=True)
 
@@ -269,7 +277,7 @@ class Trainer:
         cfg = self.cfg
         self.knn_sets = self.data.knn_sets() if self.pg.is_main else None
         if self.pg.is_main and self.knn_sets is None:
-            self.log("kNN monitor off: no labelled validation set (pass --val DIR for an ImageFolder)")
+            self.log(self.data.monitor_off())
         stop, timer = StopRequest(), SaveTimer(cfg.save_every_min)
         self.t_run = time.time()
         knn = None

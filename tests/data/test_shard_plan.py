@@ -84,7 +84,7 @@ def test_a_million_shards_plan_in_memory_per_shard_not_per_sample():
     first_batch = next(iter(plan.plan(0)))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert int(length.sum()) == plan.take and len(shard_ids) <= 10**6 // 64 + 2  # its share: ~1/64 of the shards
+    assert int(length.sum()) == plan.share and len(shard_ids) <= 10**6 // 64 + 2  # its share: ~1/64 of the shards
     assert len(first_batch[1]) == 256
     assert peak < 120 * 2**20  # a few arrays of one int64 per shard (8 MB each): nothing per sample
     again = ShardPlan(_cfg(batch=256), counts, 7, 64, window=10_000).ranges(0)

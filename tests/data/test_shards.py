@@ -172,8 +172,13 @@ def test_a_truncated_tar_skips_the_samples_past_its_end(shards):
     for i in (2, 3):
         with pytest.raises(Skip, match="truncated shard"):
             reader.read(1, i)
-    _, _, skipped = reader.read_or_next(1, 2)
-    assert len(skipped) == 2 and all("shard-000001.tar:" in s for s in skipped)  # then shard 2's first sample
+    img, _, skipped = reader.read_or_next(1, 2)  # samples 2 and 3 passed over, shard 2's first sample stands in
+    assert img.size == reader.read(2, 0)[0].size
+    # only the sample asked for is reported: sample 3 is reported when its own turn comes, so an epoch counts
+    # each unreadable sample once (the walk used to report every attempt)
+    assert skipped == [f"shard-000001.tar:{refs[2].key} (truncated shard: {refs[2].image[0]} ends past the file's "
+                       "end)"]
+    assert len(reader.read_or_next(1, 3)[2]) == 1
 
 
 def test_a_stale_index_and_an_unreadable_shard_skip_the_shard(shards):

@@ -119,3 +119,40 @@ def test_two_ranks_train_on_uneven_shards_in_step(tmp_path):
     assert res[0]["steps"] == res[1]["steps"] == 2 * (48 // 2 // 8)  # every rank the same steps: no hang at the end
     for name, value in res[0]["state"].items():  # one model on both ranks
         assert torch.equal(value, res[1]["state"][name]), name
+
+
+def test_a_failing_monitor_never_costs_the_epoch(tmp_path, monkeypatch):
+    """The checkpoint does not depend on the kNN monitor: a monitor that raises leaves one line and the epoch
+    saved (it used to crash between training the epoch and writing it)."""
+    from fastmoco.train import checkpoint as ckpt_io
+
+    def broken(*_, **__):
+        raise IndexError("index -1 is out of bounds for dimension 0 with size 10")
+    monkeypatch.setattr("fastmoco.train.loop.knn_accuracy", broken)
+    shards = _shards(tmp_path, per_class=8)
+    logs = []
+    summary = train(_cfg(shards, tmp_path / "run", val=shards, width=8, epochs=1), log=logs.append)
+    assert summary["epochs"] == 1 and summary["knn_top1"] is None
+    assert any(line.startswith("kNN monitor failed, no score this epoch (IndexError: index -1") for line in logs)
+    assert ckpt_io.load(str(tmp_path / "run" / "last.pt"))["position"]["epoch"] == 1
+
+
+def test_a_refusal_inside_a_loader_worker_is_one_line(tmp_path, capsys):
+    """A shard whose manifest count exceeds its index, read by a DataLoader worker: the worker's DataError comes
+    back wrapped in its traceback; the CLI prints the message alone."""
+    import json
+
+    from fastmoco.cli.train import main
+
+    shards = _shards(tmp_path, per_class=8)
+    man = json.loads(open(os.path.join(shards, "manifest.json")).read())
+    man["counts"][0] = 10**6
+    with open(os.path.join(shards, "manifest.json"), "w") as fh:
+        json.dump(man, fh)
+    rc = main(["--data", shards, "--loader", "torch", "--workers", "1", "--batch-size", "8", "--epochs", "1",
+               "--image-size", "32", "--width", "8", "--no-progress", "--out", str(tmp_path / "run"),
+               "--shard-shuffle", "1"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "Warning" not in ln]
+    assert rc == 2
+    assert err[-1].startswith("fastmoco-train: error: shard ") and "the manifest counts 1000000 samples, its index " \
+        "lists 10" in err[-1] and "Traceback" not in err[-1]

@@ -34,6 +34,28 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
+class ShardUrls:
+    """The shards' paths, each joined to ``root`` when asked for: ``urls[i]``, ``len(urls)``, slicing."""
+
+    def __init__(self, names: list, root: str):
+        self.names, self.root = names, root
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return ShardUrls(self.names[i], self.root)
+        s = self.names[i]
+        return s if "://" in s or s.startswith("/") else os.path.join(self.root, s)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.names)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 @dataclass
 class ShardSet:
     """The shards of a data set: ``urls[i]`` holds ``counts[i]`` samples (int64 array); ``classes`` or None."""
@@ -54,7 +76,10 @@ class ShardSet:
         return index_path(self.urls[i])
 
     def first(self, n: int) -> "ShardSet":
-        """The first ``n`` samples (whole shards, then the first samples of one)."""
+        """The first ``n`` samples (whole shards, then the first samples of one); all of them when ``n`` is at
+        least the set's size (as an ImageFolder's ``--subset`` takes every image)."""
+        if n >= self.samples:
+            return self
         ends = np.cumsum(self.counts)  # (S,)
         k = int(np.searchsorted(ends, n, side="left")) + 1
         counts = self.counts[:k].copy()
@@ -66,11 +91,16 @@ def index_path(url: str) -> str:
     return (url[:-len(".tar")] if url.endswith(".tar") else url) + INDEX_SUFFIX
 
 
+PLAN_FILE = "plan.json"  # what fastmoco-shards writes first into its output folder (the manifest comes last)
+
+
 def is_shards(data: str) -> bool:
-    """Whether ``--data`` names shards (a manifest, its folder, a .tar or a brace pattern) rather than images."""
+    """Whether ``--data`` names shards (a manifest, its folder, a .tar or a brace pattern) rather than images; a
+    folder that fastmoco-shards began to write (its plan, no manifest yet) counts too, so that reading it says
+    what is missing."""
     if data.endswith(".json") or data.endswith(".tar") or BRACE.search(data):
         return True
-    return os.path.isfile(os.path.join(data, MANIFEST))
+    return os.path.isfile(os.path.join(data, MANIFEST)) or os.path.isfile(os.path.join(data, PLAN_FILE))
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -94,6 +124,10 @@ def read_manifest(path: str) -> ShardSet:
         with open(path) as fh:
             man = json.load(fh)
     except FileNotFoundError:
+        if os.path.isfile(os.path.join(os.path.dirname(path), PLAN_FILE)):
+            raise DataError(f"{os.path.dirname(path)} holds no {MANIFEST}: fastmoco-shards writes it last, so its "
+                            "conversion into this folder did not finish; run the same command again to complete "
+                            "it") from None
         raise DataError(f"shard manifest not found: {path}") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable shard manifest ({type(exc).__name__}: {exc})") from None
@@ -102,12 +136,31 @@ def read_manifest(path: str) -> ShardSet:
     shards, counts = man.get("shards"), man.get("counts")
     if not isinstance(shards, list) or not isinstance(counts, list) or len(shards) != len(counts) or not shards:
         raise DataError(f"{path}: \"shards\" and \"counts\" must be lists of the same, non-zero length")
+    counts = _counts(path, shards, counts)  # (S,)
+    bad = next((s for s in shards if not isinstance(s, str) or not s), None)
+    if bad is not None or "" in shards:
+        raise DataError(f"{path}: shard names must be non-empty strings, found {bad!r}")
+    classes = man.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise DataError(f"{path}: \"classes\" must be a list of class names or null")
     root = os.path.dirname(os.path.abspath(path))
-    urls = [s if "://" in s or os.path.isabs(s) else os.path.join(root, s) for s in shards]
-    counts = np.asarray(counts, dtype=np.int64)  # (S,)
-    if (counts < 0).any():
-        raise DataError(f"{path}: negative sample count for shard {shards[int(np.argmax(counts < 0))]}")
-    return ShardSet(urls, counts, man.get("classes"), root)
+    return ShardSet(ShardUrls(shards, root), counts, classes, root)
+
+
+def _counts(path: str, shards: list, counts: list) -> np.ndarray:
+    """The manifest's sample counts as int64, or a DataError naming the first shard whose count is not a
+    non-negative integer (null, a string, a fraction, a boolean)."""
+    try:
+        arr = np.asarray(counts)
+    except ValueError:  # ragged nested lists
+        arr = np.asarray(counts, dtype=object)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        k = next(i for i, c in enumerate(counts) if not (isinstance(c, int) and not isinstance(c, bool)))
+        raise DataError(f"{path}: shard {shards[k]}'s sample count is {counts[k]!r}, not a whole number")
+    arr = arr.astype(np.int64)
+    if (arr < 0).any():
+        raise DataError(f"{path}: negative sample count for shard {shards[int(np.argmax(arr < 0))]}")
+    return arr
 
 
 def resolve(data: str) -> ShardSet:

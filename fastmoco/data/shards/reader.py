@@ -6,6 +6,10 @@ Bad data has one behaviour each, and none of them stops a run or hangs it:
   opened, and a stale index (the tar header at an indexed offset does not name the indexed member, or the file is
   shorter than its index says) make the sample **skipped**: it is replaced by the next readable sample of the set
   and reported at the epoch's end with its shard and key (``SkipReport``);
+- a shard whose index lists fewer samples than the manifest counts is refused (``DataError``: the manifest was
+  edited or the shard replaced; the plan was made from the wrong counts);
+- the search for a replacement passes over a shard that cannot be read (missing, or its index unreadable or
+  stale) in one step, so it is bounded by the set's shard count plus the samples of readable shards;
 - a member named ``KEY.EXT`` with several dots (``a.b.jpg``) belongs to sample ``a`` with extension ``b.jpg``
   (WebDataset's rule); its image is found by the extension's last part, in any case (jpg / JPEG / png / webp).
 """
@@ -27,7 +31,11 @@ REPORT_NAMES = 10  # skipped samples named in an epoch's warning; the rest are c
 
 
 class Skip(Exception):
-    """A sample that cannot be used, with the reason in words."""
+    """A sample that cannot be used, with the reason in words; ``whole_shard`` when no sample of its shard can."""
+
+    def __init__(self, why: str, whole_shard: bool = False):
+        super().__init__(why)
+        self.whole_shard = whole_shard
 
 
 def _header_name(block: bytes) -> str:
@@ -41,8 +49,8 @@ class ShardReader:
     """Reads samples of a shard set by (shard, sample) from any process (DataLoader workers make their own)."""
 
     def __init__(self, urls: list, counts):
-        self.urls, self.counts = urls, [int(c) for c in counts]
-        self.total = sum(self.counts)
+        self.urls, self.counts = urls, counts
+        self.total = int(sum(counts))
         self._indexes, self._files = OrderedDict(), OrderedDict()
 
     def name(self, shard: int) -> str:
@@ -58,12 +66,14 @@ class ShardReader:
         try:
             refs = parse_index(index_path(url))
             size = os.path.getsize(url)
-            if len(refs) < self.counts[shard]:  # more is fine: --subset reads a shard's first samples only
-                problem = f"stale index: it lists {len(refs)} samples, the manifest {self.counts[shard]}"
         except DataError as exc:
             problem = str(exc)
         except OSError as exc:
             problem = f"cannot be read ({exc.strerror or exc})"
+        if problem is None and len(refs) < int(self.counts[shard]):  # more is fine: --subset reads a first part
+            raise DataError(f"shard {url}: the manifest counts {int(self.counts[shard])} samples, its index lists "
+                            f"{len(refs)}; the counts the epoch was planned from are wrong (re-run fastmoco-shards, "
+                            "or correct manifest.json)")
         if problem is None:
             problem = self._check_headers(shard, refs, size)
         self._indexes[shard] = (refs, size, problem)
@@ -111,7 +121,7 @@ class ShardReader:
         """Sample i's index entry, or Skip when its shard or its image member is missing."""
         refs, _, problem = self._index(shard)
         if problem:
-            raise Skip(problem)
+            raise Skip(problem, whole_shard=True)
         if refs[i].image is None:
             raise Skip("no image member")
         return refs[i]
@@ -165,19 +175,26 @@ class ShardReader:
 
     def read_or_next(self, shard: int, i: int, how=None):
         """Sample (shard, i) read by ``how`` (default ``read``: (image, label)), or the next readable one after it
-        in the set; returns (*what ``how`` returns, the skipped samples, each as 'shard:key (reason)')."""
+        in the set; returns (*what ``how`` returns, [] or ['shard:key (reason)'] when sample (shard, i) itself was
+        replaced). Only the requested sample is reported: the unreadable ones passed on the way are reported when
+        their own turn in the epoch comes, so an epoch counts each unreadable sample once."""
         how = how or self.read
-        skipped = []
-        for _ in range(self.total):
+        first, tried = None, 0
+        while tried < self.total:
             try:
-                return (*how(shard, i), skipped)
+                return (*how(shard, i), [first] if first else [])
             except Skip as why:
-                skipped.append(f"{self.name(shard)}:{self.key(shard, i)} ({why})")
-            i += 1
-            while i >= self.counts[shard]:
+                first = first or f"{self.name(shard)}:{self.key(shard, i)} ({why})"
+                if why.whole_shard:  # nothing in this shard can be read: on to the next shard at once
+                    tried += int(self.counts[shard]) - i
+                    i = int(self.counts[shard])
+                else:
+                    tried += 1
+                    i += 1
+            while i >= int(self.counts[shard]):
                 shard, i = (shard + 1) % len(self.counts), 0
         raise DataError(f"none of the {self.total} samples in {len(self.counts)} shard(s) could be read "
-                        f"(first: {skipped[0] if skipped else '?'})")
+                        f"(first: {first or '?'})")
 
     def close(self):
         for fd in self._files.values():
@@ -198,8 +215,15 @@ class SkipReport:
                 if len(self.names) < REPORT_NAMES:
                     self.names.append(n)
 
-    def warn(self, what: str, epoch: int) -> None:
-        if self.count:
-            more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
-            warnings.warn(f"{what}: {self.count} sample(s) skipped in epoch {epoch + 1} and replaced by the next "
-                          f"readable one: {'; '.join(self.names)}{more}", stacklevel=3)
+    def line(self, what: str, how: str) -> str | None:
+        """'WHAT: N sample(s) HOW: the first named', or None when nothing was added."""
+        if not self.count:
+            return None
+        more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
+        return f"{what}: {self.count} sample(s) {how}: {'; '.join(self.names)}{more}"
+
+    def warn(self, what: str, epoch: int | None = None) -> None:
+        when = f" in epoch {epoch + 1}" if epoch is not None else ""
+        line = self.line(what, f"skipped{when} and replaced by the next readable one")
+        if line:
+            warnings.warn(line, stacklevel=3)

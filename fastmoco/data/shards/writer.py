@@ -27,12 +27,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataError
-from .manifest import FORMAT, INDEX_SUFFIX, INDEX_VERSION, MANIFEST
+from ..folder import list_classes
+from .manifest import FORMAT, INDEX_SUFFIX, INDEX_VERSION, MANIFEST, PLAN_FILE
 
 # PIL format -> the extension written; the formats DALI's image decoder reads
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "PPM": "ppm"}
 LISTED = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
-PLAN = "plan.json"
+PLAN = PLAN_FILE
 REJECTED = "rejected.txt"
 SHARD_NAME = "shard-{:06d}"
 HEADER_BYTES = 1024  # a member's tar header + padding, at most: counted against --max-size
@@ -45,10 +46,8 @@ def list_source(src: str) -> tuple[list, list | None]:
         classes = sorted(e.name for e in os.scandir(src) if e.is_dir())
         if not classes:
             raise DataError(f"{src} has no class sub-folders (an ImageFolder: SRC/CLASS/IMAGE)")
-        items = []
-        for c, name in enumerate(classes):
-            for dirpath, _, files in sorted(os.walk(os.path.join(src, name), followlinks=True)):
-                items += [(os.path.join(dirpath, f), c) for f in sorted(files) if f.lower().endswith(LISTED)]
+        # each real file once, with the class whose folder holds it (link loops included), as the folder loader
+        items = list_classes(src, classes, lambda p: p.lower().endswith(LISTED))
         if not items:
             raise DataError(f"{src}: no images in its class sub-folders")
         return items, classes
