@@ -21,18 +21,32 @@ from .errors import DataError
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer greys scaled to 8-bit "L" by their bit depth (PIL's own convert clips them at 255:
+    a white image); transparent palettes resolved; other images as they are."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16).astype(np.float64)
+        top = 65535.0 if im.mode != "I" or arr.max() <= 65535 else float(arr.max())
+        return Image.fromarray((arr * (255.0 / top)).round().astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        return im.convert("RGBA")
+    return im
+
+
 def load_rgb(path: str) -> Image.Image:
-    """An image file as 8-bit RGB. PIL's own convert("RGB") clips 16-bit and 32-bit integer greys at 255 (a
-    white image); here they are scaled down by their bit depth instead."""
+    """An image file as 8-bit RGB, upright (its EXIF orientation applied), deep greys scaled (``_to_8bit``)."""
     with Image.open(path) as raw:
         im = ImageOps.exif_transpose(raw)  # upright (a copy when the EXIF orientation asks for a turn)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16).astype(np.float64)
-            top = 65535.0 if im.mode != "I" or arr.max() <= 65535 else float(arr.max())
-            return Image.fromarray((arr * (255.0 / top)).round().astype(np.uint8), "L").convert("RGB")
-        if im.mode == "P" and "transparency" in im.info:
-            return im.convert("RGBA").convert("RGB")
-        return im.convert("RGB")
+        return _to_8bit(im).convert("RGB")
+
+
+def load_8bit(path: str) -> Image.Image:
+    """An image file as stored (no EXIF turn: annotations are drawn on the stored pixels), loaded, with deep
+    greys scaled to 8 bits; the caller converts to "L" or "RGB"."""
+    with Image.open(path) as raw:
+        im = _to_8bit(raw)
+        im.load()
+        return im
 
 
 EXIF_ORIENTATION = 0x0112

@@ -92,27 +92,40 @@ def _previous(path: str) -> str:
     return os.path.join(os.path.dirname(path) or ".", PREVIOUS)
 
 
+def _temporary(path: str) -> str:
+    """A temporary name beside ``path`` that holds nothing but, at most, a stale file of an earlier write (a
+    directory or link someone made under that name is passed over, never written through or removed)."""
+    base = f"{path}.tmp.{os.getpid()}"
+    for n in range(100):
+        tmp = base if n == 0 else f"{base}.{n}"
+        if not os.path.lexists(tmp) or (os.path.isfile(tmp) and not os.path.islink(tmp)):
+            return tmp
+    raise CheckpointError(f"cannot write {path}: {base} and 99 further temporary names beside it are taken")
+
+
 def save_atomic(obj, path: str, keep_previous: bool = False) -> None:
     """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the checkpoint it replaces becomes prev.pt.
-    A failed write (no space left, file too large, no permission) leaves ``path`` as it was, removes its temporary
-    file and raises CheckpointError naming the cause and the path."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    A failed write (no space left, file too large, no permission, ``path`` a directory) leaves ``path`` as it was,
+    removes its temporary file and raises CheckpointError naming the cause and the path."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"cannot write {path}: it is a directory; give a file name (or remove the directory)")
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if keep_previous and os.path.isfile(path):
+            os.replace(path, _previous(path))
+        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         cause = _os_error(exc)
-        if os.path.exists(tmp):
+        if os.path.isfile(tmp):
             os.remove(tmp)
         if cause is None:
             raise
         what = cause.strerror or errno.errorcode.get(cause.errno, str(cause))
         raise CheckpointError(f"cannot write {path}: {what}; the file there (if any) is unchanged") from None
-    if keep_previous and os.path.isfile(path):
-        os.replace(path, _previous(path))
-    os.replace(tmp, path)
     dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the renames themselves survive a power cut
@@ -122,7 +135,7 @@ def save_atomic(obj, path: str, keep_previous: bool = False) -> None:
 
 def remove_stale_temporaries(folder: str) -> list[str]:
     """Temporary files of writes that were killed (call only while holding the run's lock)."""
-    stale = glob.glob(os.path.join(folder, "*.pt.tmp.*"))
+    stale = [f for f in glob.glob(os.path.join(folder, "*.pt.tmp.*")) if os.path.isfile(f) and not os.path.islink(f)]
     for f in stale:
         os.remove(f)
     return stale

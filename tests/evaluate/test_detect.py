@@ -228,6 +228,8 @@ def test_resumed_fine_tuning_takes_the_uninterrupted_runs_steps(tmp_path, monkey
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed == whole
+    # the first epoch's loss averages all of its steps, the one before the interruption included
+    assert open(tmp_path / "cut" / "metrics.csv").read() == open(tmp_path / "whole" / "metrics.csv").read()
     with pytest.raises(ConfigError, match="other settings.*lr"):
         run_detect("random", _settings(paths, tmp_path / "cut", lr=0.5), log=lambda *_: None)
 
@@ -273,6 +275,104 @@ def test_bad_detection_inputs_are_one_line_errors(tmp_path, capsys):
     assert "the detector wraps ResNets" in line and "vit" in line
     assert "needs CUDA" in _cli_error(capsys, _with(paths, tmp_path, lambda d: None) + ["--norm", "syncbn"])
     assert "all four of --train-json" in _cli_error(capsys, ["random", "--train-json", paths["train"][0]])
+
+
+def test_bad_annotations_and_settings_are_one_line_errors(tmp_path, capsys):
+    paths = _tiny_set(str(tmp_path / "data"))
+
+    def ann(key, value):
+        def edit(d):
+            if value is None:
+                del d["annotations"][0][key]
+            else:
+                d["annotations"][0][key] = value
+        return edit
+
+    def image_size(d):
+        d["images"][0]["width"] = 64
+
+    cases = [(ann("bbox", None), "has bbox None; COCO boxes are four finite numbers"),
+             (ann("bbox", [float("nan"), 2, 5, 5]), "has bbox [nan, 2, 5, 5]; COCO boxes are four finite numbers"),
+             (ann("bbox", [2, 2, -3, 5]), "with a negative side"),
+             (ann("segmentation", [[1, 1, 5, 5]]), "has a polygon of 4 coordinate(s); a polygon is at least 3"),
+             (ann("segmentation", {"size": [48, 48]}), "its RLE segmentation lacks 'size' or 'counts'"),
+             (lambda d: d.update(info="scenes"), "'info' must be an object (or absent)"),
+             (image_size, "is 64x48 in the JSON, but its file")]
+    for edit, expected in cases:
+        assert expected in _cli_error(capsys, _with(paths, tmp_path, edit)), expected
+    good = _with(paths, tmp_path, lambda d: None)
+    for flag, value, expected in [("--eval-every", "0", "--eval-every must be >= 1, got 0"),
+                                  ("--checkpoint-every", "0", "--checkpoint-every must be >= 1"),
+                                  ("--image-size", "-5", "--image-size must be >= 1, got -5"),
+                                  ("--fpn-channels", "-8", "--fpn-channels must be >= 1"),
+                                  ("--in-channels", "0", "--in-channels must be >= 1"),
+                                  ("--momentum", "5", "--momentum must be in [0, 1), got 5.0"),
+                                  ("--weight-decay", "-1", "--weight-decay must be >= 0")]:
+        assert expected in _cli_error(capsys, good + [flag, value]), flag
+    assert not os.path.exists(tmp_path / "o")  # nothing written
+
+
+def test_all_crowd_validation_is_refused_and_its_ap_is_undefined(tmp_path, capsys):
+    paths = _tiny_set(str(tmp_path / "data"))
+    val = json.load(open(paths["val"][0]))
+    for a in val["annotations"]:
+        a["iscrowd"] = 1
+    json.dump(val, open(paths["val"][0], "w"))
+    assert "every annotation is a crowd region" in _cli_error(capsys, _with(paths, tmp_path, lambda d: None))
+    api = coco_api(val)
+    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+           for a in val["annotations"]]
+    ap = coco_ap(api, res, [im["id"] for im in val["images"]], ("bbox",))
+    assert all(np.isnan(v) for v in ap.values()), ap  # undefined, not 0
+
+
+def test_deep_greys_edge_boxes_and_a_null_info_train(tmp_path):
+    """A 16-bit grey file keeps its contrast (PIL's own convert clips it white), a box that passes the image edge
+    by less than a pixel is left out (clamped it has no width), and "info": null is an absent info."""
+    from PIL import Image
+
+    paths = _tiny_set(str(tmp_path / "data"))
+    data = json.load(open(paths["train"][0]))
+    data["info"] = None
+    first = data["images"][0]
+    file = os.path.join(paths["train"][1], first["file_name"])
+    grey = np.asarray(Image.open(file).convert("L"), dtype=np.uint16) * 257  # the same picture in 16 bits
+    Image.fromarray(grey).save(file)  # mode I;16
+    edge = dict(data["annotations"][0], id=999, bbox=[first["width"] - 0.5, 3.0, 1.2, 6.0], segmentation=[
+        [first["width"] - 0.5, 3.0, first["width"] + 0.7, 3.0, first["width"] + 0.7, 9.0]], image_id=first["id"])
+    data["annotations"].append(edge)
+    json.dump(data, open(paths["train"][0], "w"))
+    ds = CocoSet(paths["train"][0], paths["train"][1], 1, True, with_boxes=True)
+    image = ds.image(first["id"])  # (1, H, W)
+    want = torch.from_numpy(grey.astype(np.float32) / 65535.0)
+    assert torch.allclose(image[0], want, atol=1e-6) and 0.5 < image.max() < 1.0
+    assert 999 not in [a["id"] for a in ds._anns(first["id"])]
+    res = run_detect("random", _settings(paths, tmp_path / "o", epochs=1, show=0), log=lambda *_: None)
+    assert np.isfinite(res["bbox_AP"])
+
+
+def test_detect_never_writes_over_a_training_run(tmp_path, capsys):
+    paths = _tiny_set(str(tmp_path / "data"))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(dict(model={}, optimizer={}, config={}, epoch=3), run / "last.pt")
+    (run / "config.yaml").write_text("epochs: 3\n")
+    (run / "metrics.csv").write_text("epoch,knn_top1\n3,70.0\n")
+    before = {f: (run / f).read_bytes() for f in os.listdir(run)}
+    args = _with(paths, tmp_path, lambda d: None)[:-5] + ["--out", str(run), "--no-progress", "--width", "4"]
+    for resume in ("never", "auto"):
+        line = _cli_error(capsys, args + ["--resume", resume])
+        assert f"{run} holds a MoCo training run" in line and "pass another --out" in line
+    (run / "config.yaml").unlink()
+    before.pop("config.yaml")
+    line = _cli_error(capsys, args + ["--resume", "never"])
+    assert "holds a last.pt that is not a detector fine-tuning checkpoint" in line
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    before["last.pt"] = b"not a checkpoint"
+    assert "holds a last.pt that is not" in _cli_error(capsys, args + ["--resume", "never"])
+    assert {f: (run / f).read_bytes() for f in os.listdir(run)} == before  # untouched
+    (tmp_path / "file").write_text("x")
+    assert "is a file, not a folder" in _cli_error(capsys, args + ["--out", str(tmp_path / "file")])
 
 
 @needs_fmnist()

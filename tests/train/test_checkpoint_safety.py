@@ -157,6 +157,25 @@ def test_a_full_disk_during_a_write_is_one_line_through_the_cli(tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == ["official.pth"]  # the temporary file is gone
 
 
+def test_an_out_that_is_a_directory_or_a_taken_temporary_name_is_one_line(tmp_path, capsys):
+    import torchvision
+
+    sd = {f"module.encoder_q.{k}": v for k, v in torchvision.models.resnet18().state_dict().items()}
+    torch.save({"state_dict": sd}, tmp_path / "official.pth")
+    out = tmp_path / "backbone.pth"
+    out.mkdir()
+    assert convert_cli.main(["import", str(tmp_path / "official.pth"), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fastmoco-convert: error: cannot write {out}: it is a directory; give a file name (or remove " \
+                  "the directory)"
+    assert os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["backbone.pth", "official.pth"]
+    taken = tmp_path / f"b.pt.tmp.{os.getpid()}"  # a directory under the name the write would use first
+    (taken / "inside").mkdir(parents=True)
+    ckpt_io.save_atomic({"x": torch.ones(2)}, str(tmp_path / "b.pt"))
+    assert torch.load(tmp_path / "b.pt")["x"].sum() == 2 and os.listdir(taken) == ["inside"]
+    assert ckpt_io.remove_stale_temporaries(str(tmp_path)) == [] and taken.is_dir()
+
+
 def test_a_checkpoint_that_does_not_fit_names_the_key(tmp_path):
     from fastmoco.models import MoCo
     from fastmoco.train import TrainConfig

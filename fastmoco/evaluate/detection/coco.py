@@ -4,17 +4,20 @@
 Images are converted to the backbone's channels: a grey backbone (Fashion-MNIST's) sees RGB images as their luma
 (ITU-R 601, PIL's "L"), an RGB backbone sees a grey image with its channel repeated. Category ids (any integers,
 COCO's are not contiguous) map to labels 1..C in the order of ``categories``; 0 is the background. Crowd
-annotations are not trained on (COCO evaluation ignores matches to them); boxes under one pixel wide or high are
-dropped, as torchvision's detection references do.
+annotations are not trained on (COCO evaluation ignores matches to them); boxes under one pixel wide or high once
+clamped to the image are dropped, as torchvision's detection references do. 16-bit greys are scaled to 8 bits, not
+clipped white.
 """
 import contextlib
 import io
 import json
+import math
 import os
 
 import torch
 
 from fastmoco.data.errors import DataError
+from fastmoco.data.folder import load_8bit
 
 EDGE_SLACK = 1.0  # pixels a box may pass the image edge (rounding in converted sets); more is an error
 
@@ -32,36 +35,93 @@ def _load_json(path: str) -> dict:
     return data
 
 
-def check_coco(path: str, images_dir: str, masks: bool) -> dict:
-    """The parsed JSON of a COCO detection set after its checks: annotations present, every category id listed,
-    every box inside its image, every image file present, segmentations present when ``masks``."""
-    data = _load_json(path)
-    anns, cats = data.get("annotations"), data.get("categories")
-    if not anns:
-        raise DataError(f"{path} has no annotations: a detection set needs boxes (an 'annotations' list)")
-    if not cats:
-        raise DataError(f"{path} has no categories (a 'categories' list of {{id, name}})")
-    cat_ids = {c["id"] for c in cats}
-    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
-    for a in anns:
-        if a.get("category_id") not in cat_ids:
-            raise DataError(f"{path}: annotation {a.get('id')} has category id {a.get('category_id')}, not among "
-                            f"the categories {sorted(cat_ids)}")
-        if a.get("image_id") not in sizes:
-            raise DataError(f"{path}: annotation {a.get('id')} refers to image {a.get('image_id')}, not in 'images'")
-        x, y, w, h = a["bbox"]
-        width, height = sizes[a["image_id"]]
-        if x < -EDGE_SLACK or y < -EDGE_SLACK or x + w > width + EDGE_SLACK or y + h > height + EDGE_SLACK:
-            raise DataError(f"{path}: annotation {a.get('id')} has box [x, y, w, h] = {a['bbox']} outside its "
-                            f"{width}x{height} image {a['image_id']}")
-        if masks and not a.get("segmentation"):
-            raise DataError(f"{path}: annotation {a.get('id')} has no segmentation; Mask R-CNN needs masks "
-                            f"(--model fasterrcnn trains boxes only)")
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_images(path: str, images: list, images_dir: str) -> dict:
+    """{image id: (width, height)}; every entry has an id, a file in ``images_dir`` and the size of that file."""
+    from PIL import Image
+
     if not os.path.isdir(images_dir):
         raise DataError(f"image folder not found: {images_dir}")
-    for im in data["images"]:
-        if not os.path.isfile(os.path.join(images_dir, im["file_name"])):
+    sizes = {}
+    for im in images:
+        if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width", "height")):
+            raise DataError(f"{path}: image entry {str(im)[:80]} lacks one of id, file_name, width, height")
+        w, h = im["width"], im["height"]
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            raise DataError(f"{path}: image {im['id']} has width x height {w!r} x {h!r}; both must be positive "
+                            "integers")
+        file = os.path.join(images_dir, str(im["file_name"]))
+        if not os.path.isfile(file):
             raise DataError(f"{path}: image {im['id']}'s file {im['file_name']} is not in {images_dir}")
+        try:
+            with Image.open(file) as img:  # the header only: no pixels are decoded here
+                shown = img.size
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{path}: image {im['id']}'s file {file} cannot be read ({type(exc).__name__})") from None
+        if shown != (w, h):
+            raise DataError(f"{path}: image {im['id']} is {w}x{h} in the JSON, but its file {im['file_name']} is "
+                            f"{shown[0]}x{shown[1]}; boxes and masks would be drawn at the wrong size")
+        sizes[im["id"]] = (w, h)
+    return sizes
+
+
+def _check_annotation(path: str, a, cat_ids: set, sizes: dict, masks: bool) -> None:
+    if not isinstance(a, dict):
+        raise DataError(f"{path}: an annotation is {str(a)[:60]!r}, not an object")
+    what = f"{path}: annotation {a.get('id')}"
+    if a.get("category_id") not in cat_ids:
+        raise DataError(f"{what} has category id {a.get('category_id')}, not among the categories {sorted(cat_ids)}")
+    if a.get("image_id") not in sizes:
+        raise DataError(f"{what} refers to image {a.get('image_id')}, not in 'images'")
+    box = a.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+        raise DataError(f"{what} has bbox {box!r}; COCO boxes are four finite numbers [x, y, width, height]")
+    x, y, w, h = box
+    width, height = sizes[a["image_id"]]
+    if w < 0 or h < 0:
+        raise DataError(f"{what} has box [x, y, w, h] = {box} with a negative side")
+    if x < -EDGE_SLACK or y < -EDGE_SLACK or x + w > width + EDGE_SLACK or y + h > height + EDGE_SLACK:
+        raise DataError(f"{what} has box [x, y, w, h] = {box} outside its {width}x{height} image {a['image_id']}")
+    if masks and not a.get("iscrowd"):
+        _check_segmentation(what, a.get("segmentation"))
+
+
+def _check_segmentation(what: str, seg) -> None:
+    """A polygon list (each polygon at least 3 points) or an RLE {size, counts}, as pycocotools reads them."""
+    if not seg:
+        raise DataError(f"{what} has no segmentation; Mask R-CNN needs masks (--model fasterrcnn trains boxes only)")
+    if isinstance(seg, dict):
+        if not ("size" in seg and "counts" in seg):
+            raise DataError(f"{what}: its RLE segmentation lacks 'size' or 'counts'")
+        return
+    if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
+        raise DataError(f"{what}: segmentation must be a list of polygons or an RLE object")
+    for poly in seg:
+        if len(poly) < 6 or len(poly) % 2 or not all(_number(v) for v in poly):
+            raise DataError(f"{what} has a polygon of {len(poly)} coordinate(s); a polygon is at least 3 (x, y) "
+                            "points of finite numbers")
+
+
+def check_coco(path: str, images_dir: str, masks: bool) -> dict:
+    """The parsed JSON of a COCO detection set after its checks: annotations present, every category id listed,
+    every box four finite numbers inside its image, every image file present at the size the JSON gives,
+    polygons of at least three points when ``masks``."""
+    data = _load_json(path)
+    anns, cats = data.get("annotations"), data.get("categories")
+    if not anns or not isinstance(anns, list):
+        raise DataError(f"{path} has no annotations: a detection set needs boxes (an 'annotations' list)")
+    if not cats or not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c and "name" in c
+                                                         for c in cats):
+        raise DataError(f"{path} has no categories (a 'categories' list of {{id, name}})")
+    if data.get("info") is not None and not isinstance(data["info"], dict):
+        raise DataError(f"{path}: 'info' must be an object (or absent), got {data['info']!r}")
+    cat_ids = {c["id"] for c in cats}
+    sizes = _check_images(path, data["images"], images_dir)
+    for a in anns:
+        _check_annotation(path, a, cat_ids, sizes, masks)
     return data
 
 
@@ -93,8 +153,12 @@ class CocoSet(torch.utils.data.Dataset):
             raise DataError(f"{json_path}: no image has a usable box")
 
     def _anns(self, image_id: int) -> list:
-        anns = self.api.imgToAnns.get(image_id, [])
-        return [a for a in anns if not a.get("iscrowd") and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        """The image's trained annotations: not crowd, and at least one pixel wide and high once clamped to the
+        image (a box may pass the edge by ``EDGE_SLACK``: one at the very edge clamps to nothing)."""
+        w, h = self.api.imgs[image_id]["width"], self.api.imgs[image_id]["height"]
+        return [a for a in self.api.imgToAnns.get(image_id, []) if not a.get("iscrowd")
+                and min(a["bbox"][0] + a["bbox"][2], w) - max(a["bbox"][0], 0) >= 1
+                and min(a["bbox"][1] + a["bbox"][3], h) - max(a["bbox"][1], 0) >= 1]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,9 +168,12 @@ class CocoSet(torch.utils.data.Dataset):
         from torchvision.transforms.v2 import functional as TF
 
         info = self.api.imgs[image_id]
-        with Image.open(os.path.join(self.images_dir, info["file_name"])) as img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
-            return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # (C, H, W)
+        img = load_8bit(os.path.join(self.images_dir, info["file_name"]))  # 16-bit greys scaled, not clipped
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        if img.size != (info["width"], info["height"]):  # the file changed since the up-front check
+            raise DataError(f"image {image_id}'s file {info['file_name']} is {img.size[0]}x{img.size[1]}, the JSON "
+                            f"says {info['width']}x{info['height']}")
+        return TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # (C, H, W)
 
     def __getitem__(self, i: int):
         image_id = self.ids[i]

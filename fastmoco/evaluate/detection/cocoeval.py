@@ -28,7 +28,8 @@ def to_coco_results(image_id: int, output: dict, cat_ids: list) -> list[dict]:
 
 def coco_ap(api, results: list[dict], image_ids: list, iou_types=("bbox", "segm")) -> dict:
     """{bbox_AP, bbox_AP50, bbox_AP75, [segm_AP, ...]} in percent over ``image_ids``; no detections at all is AP 0
-    (pycocotools refuses an empty result list)."""
+    (pycocotools refuses an empty result list); no ground truth to score (every box a crowd region) is NaN, as
+    pycocotools' -1 means: undefined, not zero."""
     from pycocotools.cocoeval import COCOeval
 
     out = {}
@@ -42,6 +43,6 @@ def coco_ap(api, results: list[dict], image_ids: list, iou_types=("bbox", "segm"
                 ev.evaluate()
                 ev.accumulate()
                 ev.summarize()
-            stats = np.maximum(ev.stats[:3], 0.0)  # -1 means "no ground truth at this setting"
+            stats = np.where(ev.stats[:3] < 0, np.nan, ev.stats[:3])  # -1: no ground truth at this setting
         out.update({f"{kind}_{name}": float(100.0 * v) for name, v in zip(("AP", "AP50", "AP75"), stats)})
     return out

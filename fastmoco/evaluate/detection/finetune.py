@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from fastmoco.data.errors import DataError
-from fastmoco.models import build_detector
+from fastmoco.models import DETECTORS, build_detector
 from fastmoco.train import checkpoint as ckpt_io
 from fastmoco.train.config import ConfigError
 
@@ -119,18 +119,45 @@ def evaluate(model, ds: CocoSet, pg, batch: int, progress: bool) -> dict:
     return coco_ap(ds.api, every, ds.ids, kinds) if pg.is_main else {}
 
 
-def _resume(path: str, s: DetectSettings, model, opt, described: str) -> tuple[int, list]:
+def _refuse_foreign_out(out: str) -> None:
+    """A detector is written only into a new folder or one holding a fine-tuning run: never over a MoCo training
+    run (its last.pt and metrics.csv would be replaced) nor into a path that is a file."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file, not a folder; pass another --out")
+    if os.path.isfile(os.path.join(out, "config.yaml")):
+        raise ConfigError(f"{out} holds a MoCo training run (config.yaml, {CHECKPOINT}); a detector is never written "
+                          "there: pass another --out (the default is RUN/detect)")
+    ckpt = os.path.join(out, CHECKPOINT)
+    if os.path.isfile(ckpt) and not _is_finetuning(_readable(ckpt)):
+        raise ConfigError(f"{out} holds a {CHECKPOINT} that is not a detector fine-tuning checkpoint; a detector is "
+                          "never written over it: pass another --out")
+
+
+def _readable(path: str) -> dict | None:
+    try:
+        return ckpt_io.load(path)
+    except ckpt_io.CheckpointError:  # unreadable, unsafe or not fastmoco's: in any case not ours to replace
+        return None
+
+
+def _is_finetuning(state) -> bool:
+    return isinstance(state, dict) and isinstance(state.get("settings"), dict) and "iteration" in state \
+        and state["settings"].get("model") in DETECTORS
+
+
+def _resume(path: str, s: DetectSettings, model, opt, described: str) -> tuple[int, list, tuple]:
+    """(iteration, metrics, epoch loss so far) of the fine-tuning checkpoint ``path``, its tensors loaded."""
     state = ckpt_io.load(path)
-    theirs = state.get("settings", {})
+    theirs = state["settings"]
     differ = [k for k in FIXED_ON_RESUME if theirs.get(k) != getattr(s, k)]
     if differ or state.get("source") != described:
-        what = ", ".join(f"{k} {theirs.get(k)!r} there, {getattr(s, k)!r} now" for k in differ) or \
-            f"backbone {state.get('source')!r} there"
-        raise ConfigError(f"{path} is a fine-tuning run with other settings ({what}); pass another --out, "
-                          "or --resume never to start over")
+        what = "; ".join(f"{k} {theirs.get(k)!r} there, {getattr(s, k)!r} now" for k in differ) or \
+            f"backbone {state.get('source')!r} there, {described!r} now"
+        raise ConfigError(f"{path} is a {theirs.get('model')} fine-tuning run with other settings ({what}); pass "
+                          "another --out, or --resume never to start over")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    return state["iteration"], state["metrics"]
+    return state["iteration"], state["metrics"], tuple(state.get("epoch_loss", (0.0, 0)))
 
 
 class _Run:
@@ -145,6 +172,9 @@ class _Run:
         masks = s.model == "maskrcnn"
         self.train_ds = CocoSet(tj, ti, backbone.in_channels, masks, with_boxes=True)
         self.val_ds = CocoSet(vj, vi, backbone.in_channels, masks, with_boxes=False)
+        if all(a.get("iscrowd") for a in self.val_ds.data["annotations"]):
+            raise DataError(f"{vj}: every annotation is a crowd region, which COCO AP does not score; the AP would be "
+                            "undefined: give a validation set with non-crowd annotations")
         if self.train_ds.cat_ids != self.val_ds.cat_ids:
             raise DataError(f"{tj} and {vj} list other categories: {self.train_ds.cat_ids} vs {self.val_ds.cat_ids}")
         if s.batch_size % pg.world:
@@ -153,7 +183,7 @@ class _Run:
         if len(self.train_ds) < s.batch_size:
             raise ConfigError(f"{len(self.train_ds)} training images, fewer than one batch of {s.batch_size}")
         mean, std = _normalisation(s, backbone, self.train_ds)
-        self.size = s.image_size or self.train_ds.data.get("info", {}).get("size") or 800
+        self.size = s.image_size or (self.train_ds.data.get("info") or {}).get("size") or 800
         heads = SMALL_HEADS if self.size <= SMALL_IMAGE else {}
         self.model = build_detector(backbone.resnet, backbone.stem, len(self.train_ds.cat_ids), s.model,
                                     self.norm(s, pg), self.size, mean, std, s.fpn_channels, **heads).to(pg.device)
@@ -163,6 +193,7 @@ class _Run:
         self.steps_per_epoch = len(self.train_ds) // s.batch_size
         self.total = s.epochs * self.steps_per_epoch
         self.iteration, self.metrics = 0, []
+        self.epoch_loss = (0.0, 0)  # (sum, steps) of the epoch so far: a mid-epoch resume reports the whole epoch
 
     @staticmethod
     def norm(s, pg) -> str:
@@ -174,7 +205,8 @@ class _Run:
     def state(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), iteration=self.iteration,
                     epoch=self.iteration // self.steps_per_epoch,
-                    metrics=self.metrics, settings=asdict(self.s), source=self.described,
+                    metrics=self.metrics, epoch_loss=list(self.epoch_loss), settings=asdict(self.s),
+                    source=self.described,
                     mean=list(self.mean), std=list(self.std), image_size=self.size,
                     categories=self.train_ds.data["categories"])
 
@@ -207,7 +239,7 @@ def _train_epoch(run: _Run, epoch: int, out: str, bar) -> float:
     steps = _steps_of_epoch(s, len(run.train_ds), epoch, first, pg)
     loader = torch.utils.data.DataLoader(_EpochImages(run.train_ds, s.seed, epoch), batch_sampler=steps,
                                          num_workers=s.workers, collate_fn=_collate)
-    total = 0.0
+    total, count = run.epoch_loss if first else (0.0, 0)
     for images, targets in loader:
         for group in run.opt.param_groups:
             group["lr"] = s.base_lr * lr_factor(run.iteration, run.total, s.warmup_iters)
@@ -223,13 +255,15 @@ def _train_epoch(run: _Run, epoch: int, out: str, bar) -> float:
         _average_grads([p for p in model.parameters() if p.requires_grad], pg)
         run.opt.step()
         run.iteration += 1
-        total += loss.item()
+        total, count = total + loss.item(), count + 1
+        run.epoch_loss = (total, count)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if run.iteration % s.checkpoint_every == 0 and run.iteration % run.steps_per_epoch:
             _average_bn(run)
             _save(run, out)  # an epoch's last step is saved after its evaluation, so a resume cannot skip that
-    return total / max(len(steps), 1)
+    run.epoch_loss = (0.0, 0)  # saved at the epoch's end: the next epoch starts its own sum
+    return total / max(count, 1)
 
 
 def run_detect(source: str, s: DetectSettings, log=print) -> dict:
@@ -243,10 +277,11 @@ def run_detect(source: str, s: DetectSettings, log=print) -> dict:
     log = log if pg.is_main else (lambda *_: None)
     out = s.out or (os.path.join(source, "detect") if os.path.isdir(source) else
                     f"detect-{RANDOM if source == RANDOM else os.path.splitext(os.path.basename(source))[0]}")
+    _refuse_foreign_out(out)
     run = _Run(source, s, pg, log)
     ckpt = os.path.join(out, CHECKPOINT)
     if s.resume == "auto" and os.path.isfile(ckpt):
-        run.iteration, run.metrics = _resume(ckpt, s, run.model, run.opt, run.described)
+        run.iteration, run.metrics, run.epoch_loss = _resume(ckpt, s, run.model, run.opt, run.described)
         log(f"resuming {ckpt} at step {run.iteration} of {run.total}")
     if pg.is_main:
         os.makedirs(out, exist_ok=True)

@@ -60,6 +60,15 @@ class DetectSettings:
         if self.epochs < 1 or self.batch_size < 1 or (self.lr is not None and self.lr <= 0):
             raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, "
                               f"{self.lr}")
+        bounds = dict(eval_every=(self.eval_every, 1), checkpoint_every=(self.checkpoint_every, 1),
+                      image_size=(self.image_size, 1), fpn_channels=(self.fpn_channels, 1), width=(self.width, 1),
+                      in_channels=(self.in_channels, 1), warmup_iters=(self.warmup_iters, 0), show=(self.show, 0),
+                      workers=(self.workers, 0), weight_decay=(self.weight_decay, 0))
+        for name, (value, least) in bounds.items():
+            if value is not None and value < least:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         data = [self.train_json, self.train_images, self.val_json, self.val_images]
         if any(d is not None for d in data) and None in data:
             raise ConfigError("give all four of --train-json, --train-images, --val-json, --val-images (or none: "
