@@ -40,6 +40,8 @@ def test_yaml_then_flags_precedence_and_round_trip(tmp_path):
     (["--batch-size", "100", "--bn-splits", "8"], "divisible by bn_splits"),
     (["--m", "1.5"], r"m must be in \[0, 1\]"),
     (["--lr-steps", "0.5,x"], "lr_steps"),
+    (["--method", "v3", "--K", "65536"], r"^method v3 has no queue .*--K 65536 would change nothing; leave --K out$"),
+    (["--method", "v3", "--symmetric"], r"^method v3's loss is always symmetric"),
 ])
 def test_invalid_values(argv, match):
     with pytest.raises(ConfigError, match=match):

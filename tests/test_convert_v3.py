@@ -141,6 +141,23 @@ def test_an_imported_v3_run_resumes_and_init_takes_its_backbone(tmp_path):
         torch.testing.assert_close(model.encoder_k.backbone.eval()(x), base2(x), rtol=0, atol=0)
 
 
+def test_a_v3_base_encoder_alone_imports_as_a_v3_run(tmp_path):
+    """The file main_lincls.py reads (the base encoder, its projector as fc) is a v3 backbone: the run says method
+    v3 and the projector's shape, so lincls runs v3's protocol on it."""
+    path, base, *_ = _original_v3(tmp_path, hidden=48, dim=24)
+    state = torch.load(path, weights_only=True)
+    only = {k: v for k, v in state["state_dict"].items() if k.startswith("module.base_encoder.")}
+    torch.save({"state_dict": only}, tmp_path / "base.pth.tar")
+    summary = import_official(str(tmp_path / "base.pth.tar"), str(tmp_path / "run"))
+    assert summary["format"] == "MoCo v3"
+    saved, cfg, _ = read_run(str(tmp_path / "run"))
+    assert (cfg.method, cfg.preset, cfg.head, cfg.mlp_dim, cfg.dim) == ("v3", "v3", "bn-mlp", 48, 24)
+    assert not saved["imported"].get("resumable")
+    sd = {k[len("encoder_q.backbone."):]: v for k, v in saved["model"].items()}
+    want = {k: v for k, v in base.state_dict().items() if not k.startswith("fc.")}
+    assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in want)
+
+
 def test_bad_v3_checkpoints_are_one_line_errors(tmp_path):
     path, *_ = _original_v3(tmp_path)
     state = torch.load(path, weights_only=True)
@@ -157,7 +174,12 @@ def test_bad_v3_checkpoints_are_one_line_errors(tmp_path):
     torch.save(dict(state, state_dict=no_bn), tmp_path / "nobn.pth.tar")
     with pytest.raises(ConvertError, match="ends without its BatchNorm"):
         import_official(str(tmp_path / "nobn.pth.tar"), str(tmp_path / "r3"))
-    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))  # nothing written
+    gone = {k: v for k, v in sd.items() if k != "module.predictor.3.weight"}
+    torch.save(dict(state, state_dict=gone), tmp_path / "gone.pth.tar")
+    with pytest.raises(ConvertError, match=r"gone\.pth\.tar: missing key predictor\.3\.weight \(a Linear "
+                                            r"layer of the MoCo v3 MLP, whose keys reach predictor\.3\.\*\)$"):
+        import_official(str(tmp_path / "gone.pth.tar"), str(tmp_path / "r4"))
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4"))  # nothing written
     done = subprocess.run([sys.executable, "-m", "fastmoco.cli.convert", "moco-v3", str(tmp_path / "nothing"),
                            str(tmp_path / "x.pth")], capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

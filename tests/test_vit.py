@@ -125,6 +125,41 @@ def test_any_timm_model_is_a_backbone():
         TrainConfig(arch="vit_huge").resolved()
 
 
+def test_timm_backbones_get_the_split_bn_guard_or_a_one_line_refusal():
+    from fastmoco.models import SplitBatchNorm2d
+    from fastmoco.train.preflight import check_image_size
+
+    torch.manual_seed(0)
+    plain = build_backbone("timm:resnet10t", 0, "", 1)
+    torch.manual_seed(0)
+    split = build_backbone("timm:resnet10t", 0, "", 1, bn_splits=4)
+    bns = [m for m in plain.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) > 5 and sum(isinstance(m, SplitBatchNorm2d) for m in split.modules()) == len(bns)
+    assert not any(type(m) is nn.BatchNorm2d for m in split.modules())
+    a, b = plain.state_dict(), split.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # timm's names: exports still load
+    x = torch.randn(8, 1, 32, 32)
+    # each split (every 4th sample, as SplitBatchNorm2d groups them) is normalised by its own statistics: the split
+    # net on the whole batch equals the plain net on each split alone
+    want = torch.empty(8, split.feat_dim)
+    for j in range(4):
+        want[j::4] = plain.train()(x[j::4])
+    torch.testing.assert_close(split.train()(x), want, atol=1e-5, rtol=1e-5)
+    assert TrainConfig(arch="timm:resnet10t").resolved().for_runtime("cpu", 1).bn_splits == 8
+    assert TrainConfig(arch="timm:vit_tiny_patch16_224").resolved().for_runtime("cpu", 1).bn_splits == 1  # no BN
+    with pytest.raises(ValueError, match=r"^--bn-splits 8: timm:efficientnet_b0's bn1 is a BatchNormAct2d, a "
+                                         r"BatchNorm that Split-BN cannot stand in for; pass --bn-splits 1"):
+        build_backbone("timm:efficientnet_b0", 0, "", 3, bn_splits=8)
+    with pytest.raises(ValueError, match="has no BatchNorm2d to split"):
+        build_backbone("timm:vit_tiny_patch16_224", 0, "", 3, bn_splits=2)
+    cfg = TrainConfig(arch="timm:vit_tiny_patch16_224").resolved()
+    with pytest.raises(ConfigError, match=r"^image size 36 does not fit timm:vit_tiny_patch16_224 \(Input height "
+                                          r"\(36\) doesn't match model \(224\)\); it was built for 224 px: use "
+                                          r"--image-size 224$"):
+        check_image_size(cfg, 36)
+    check_image_size(cfg, 224)
+
+
 @pytest.mark.slow
 def test_a_v3_vit_run_trains_exports_and_its_extractor_matches(tmp_path):
     """A tiny v3 ViT run on Fashion-MNIST end to end: training, kNN, the torch.export extractor (class token)."""

@@ -7,7 +7,8 @@
   fastmoco-convert timm RUN_DIR out.pth           a timm state_dict (ViTs, timm:NAME runs, ResNets); prints the
                                                   timm.create_model(...) call that loads it
   fastmoco-convert moco-v3 RUN_DIR out.pth.tar    a v3 run in the original MoCo v3 layout (its main_lincls.py
-                                                  --pretrained reads it)
+                                                  --pretrained reads it; its main_moco.py --resume does not: that
+                                                  also needs its optimizer and scaler states)
 """
 import argparse
 

@@ -125,6 +125,28 @@ def claim_run_dir(out: str) -> None:
     os.makedirs(out, exist_ok=True)
 
 
+def _imported_recipe(fmt: str, head: str | None, dim: int | None, queue, sd: dict, size: int, path: str) -> dict:
+    """The TrainConfig fields an imported backbone's run records: the method and preset of the paper it came from
+    (a v3 base encoder stays v3, so lincls runs v3's protocol on it), with what the file tells of the head."""
+    if fmt == "MoCo v3":
+        from .official_v3 import PROJECTOR, _strip_module, mlp_shape
+
+        keys = _strip_module(sd)
+        vit = "base_encoder.patch_embed.proj.weight" in keys
+        preset = "v3-vit" if vit else "v3"
+        known = {}
+        projector = f"base_encoder.{PROJECTOR[vit]}."
+        if any(k.startswith(projector) for k in keys):  # the projector's shape, though only the backbone is kept
+            layers, width, out_dim, _ = mlp_shape(keys, projector, path)
+            known = dict(proj_layers=layers, mlp_dim=width, dim=out_dim)
+        return dict(preset=preset, **{**PRESETS[preset], **known, "image_size": size})
+    preset = "v1" if head == "linear" else "v2"
+    known = dict(head=head or PRESETS[preset]["head"], dim=dim or 128)
+    if queue is not None:
+        known["K"] = queue.shape[1]  # (dim, K)
+    return dict(preset=preset, **{**PRESETS[preset], **known, "image_size": size})
+
+
 def import_official(path: str, out: str) -> dict:
     """Writes OUT as a fastmoco run directory (``last.pt`` + ``config.yaml``), or, when OUT ends in .pt/.pth,
     only the backbone's state_dict with torchvision names. Returns a summary of what was read."""
@@ -155,13 +177,9 @@ def import_official(path: str, out: str) -> dict:
     model = {PREFIX + k: v for k, v in backbone.state_dict().items()}
     if head:
         model.update({"encoder_q.head." + k: v for k, v in head_sd.items()})
-    preset = "v1" if head == "linear" else "v2"
-    known = dict(head=head or PRESETS[preset]["head"], dim=dim or 128)
-    if queue is not None:
-        known["K"] = queue.shape[1]  # (dim, K)
     size = shape.get("image_size", 224)
-    cfg = TrainConfig(data="", preset=preset, out=out, **backbone_fields(shape),
-                      **{**PRESETS[preset], **known, "image_size": size})
+    recipe = _imported_recipe(fmt, head, dim, queue, sd, size, path)
+    cfg = TrainConfig(data="", out=out, **backbone_fields(shape), **recipe)
     meta = dict(in_channels=shape["in_channels"], image_size=size, raw_shape=None, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD)
     payload = imported_payload(model, cfg, meta, dict(source=os.path.abspath(path), format=fmt, head=summary["head"]))

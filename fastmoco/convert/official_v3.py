@@ -55,12 +55,22 @@ def has_full_v3(sd: dict) -> bool:
     return all(any(k.startswith(p) for k in keys) for p in (projector, "momentum_encoder.", "predictor."))
 
 
-def mlp_shape(sd: dict, prefix: str) -> tuple[int, int, int, bool]:
-    """(Linear layers, hidden width, output width, ends in a BN) of a v3 MLP stored under ``prefix``."""
-    linear = sorted(int(k[len(prefix):].split(".")[0]) for k, v in sd.items()
-                    if k.startswith(prefix) and k.endswith(".weight") and v.dim() == 2)
-    if not linear:
-        raise ConvertError(f"no Linear layers under {prefix}*")
+def mlp_shape(sd: dict, prefix: str, path: str = "") -> tuple[int, int, int, bool]:
+    """(Linear layers, hidden width, output width, ends in a BN) of a v3 MLP stored under ``prefix``. The
+    original's MLP is Linear, BN, ReLU per hidden layer (the last layer's BN, if any, has no affine weight), so its
+    Linear layers sit at 0, 3, 6, ... up to the highest index any key uses, and one more follows a hidden BN: a
+    missing one is named, not mistaken for a shorter MLP."""
+    indices = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)
+               and k[len(prefix):].split(".")[0].isdigit()}
+    if not indices:
+        raise ConvertError(f"{path}: no Linear layers under {prefix}*")
+    hidden_bn = [j for j in indices if j % 3 == 1 and f"{prefix}{j}.weight" in sd]  # affine: a hidden layer's BN
+    top = max(max(indices), max(hidden_bn, default=-2) + 2)
+    linear = list(range(0, top + 1, 3))
+    for i in linear:
+        if not (f"{prefix}{i}.weight" in sd and sd[f"{prefix}{i}.weight"].dim() == 2):
+            raise ConvertError(f"{path}: missing key {prefix}{i}.weight (a Linear layer of the MoCo v3 MLP, whose "
+                               f"keys reach {prefix}{top}.*)")
     last = linear[-1]
     last_bn = f"{prefix}{last + 1}.running_mean" in sd
     return len(linear), sd[f"{prefix}{linear[0]}.weight"].shape[0], sd[f"{prefix}{last}.weight"].shape[0], last_bn
@@ -116,8 +126,8 @@ def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
     shape = infer_backbone(backbone_sd)
     if vit:
         keys = _without_pos_embed(keys, path)
-    proj_layers, mlp_dim, dim, proj_bn = mlp_shape(keys, head)
-    pred_layers, _, _, pred_last_bn = mlp_shape(keys, "predictor.")
+    proj_layers, mlp_dim, dim, proj_bn = mlp_shape(keys, head, path)
+    pred_layers, _, _, pred_last_bn = mlp_shape(keys, "predictor.", path)
     if not proj_bn:
         raise ConvertError(f"{path}: the projector ({head[:-1]}) ends without its BatchNorm; not a MoCo v3 "
                            "projector")
@@ -146,8 +156,10 @@ def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
 def export_v3(run_dir: str, out: str) -> str:
     """A fastmoco v3 run (trained or imported) written in the original layout: ``state_dict`` with
     ``module.base_encoder.*`` (projector as ``fc`` / ViT ``head``), ``module.momentum_encoder.*``, ``module.predictor.*``, plus
-    ``epoch`` and ``arch``, so the original ``main_lincls.py --pretrained`` and ``main_moco.py --resume`` read it
-    (the latter without an optimizer state: it restarts its optimizer)."""
+    ``epoch`` and ``arch``. The original ``main_lincls.py --pretrained`` reads it (``module.base_encoder.*``
+    without the projector), as does this package's ``import``; the original ``main_moco.py --resume`` does not:
+    it also loads ``optimizer`` and ``scaler`` states, which a fastmoco run (LARS/AdamW of its own) has not in
+    that form."""
     state, cfg, meta = read_run(run_dir)
     if cfg.method != "v3":
         raise ConvertError(f"{run_dir} trained method {cfg.method!r}; the MoCo v3 layout holds v3 runs")

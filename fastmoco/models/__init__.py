@@ -1,4 +1,4 @@
-from .backbones import ARCHS, STEMS, SplitBatchNorm2d, WideResNet, build_backbone, known_arch
+from .backbones import ARCHS, STEMS, SplitBatchNorm2d, WideResNet, build_backbone, has_batch_norm, known_arch
 from .detection import DETECTORS, NORMS, build_detector
 from .heads import HEADS, bn_mlp, projection_head
 from .methods import METHODS, build_method
@@ -8,5 +8,6 @@ from .vit import VITS, is_timm, is_vit, pos_embed_table, sincos_2d
 from .weights import load_exactly, mismatch
 
 __all__ = ["ARCHS", "DETECTORS", "HEADS", "METHODS", "NORMS", "STEMS", "VITS", "MoCo", "MoCoV3", "SplitBatchNorm2d",
-           "WideResNet", "bn_mlp", "build_backbone", "build_detector", "build_method", "is_timm", "is_vit", "known_arch",
+           "WideResNet", "bn_mlp", "build_backbone", "build_detector", "build_method", "has_batch_norm",
+           "is_timm", "is_vit", "known_arch",
            "load_exactly", "mismatch", "pos_embed_table", "projection_head", "sincos_2d"]

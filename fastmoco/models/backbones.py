@@ -94,14 +94,50 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return out
 
 
+def split_batch_norms(net: nn.Module, splits: int, arch: str) -> nn.Module:
+    """Every ``nn.BatchNorm2d`` of ``net`` replaced by a ``SplitBatchNorm2d`` holding its parameters and running
+    statistics (the BN guard for any backbone, timm's included). A BatchNorm subclass that adds its own work (timm's
+    BatchNormAct2d fuses an activation) cannot be split faithfully and is refused, as is a net without BatchNorm
+    (nothing to guard: a ``bn_splits`` there would be a guard that is not there)."""
+    found = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if not found:
+        raise ValueError(f"--bn-splits {splits}: {arch} has no BatchNorm2d to split (its statistics cannot leak the "
+                         "positive pair); pass --bn-splits 1")
+    other = next((name for name, m in found if type(m) not in (nn.BatchNorm2d, SplitBatchNorm2d)), None)
+    if other is not None:
+        raise ValueError(f"--bn-splits {splits}: {arch}'s {other} is a {type(dict(found)[other]).__name__}, a "
+                         "BatchNorm that Split-BN cannot stand in for; pass --bn-splits 1 and train it under "
+                         "torchrun (shuffle-BN) or --sync-bn")
+    for name, bn in found:
+        split = SplitBatchNorm2d(bn.num_features, splits, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                                 track_running_stats=bn.track_running_stats, device=bn.running_mean.device
+                                 if bn.running_mean is not None else None)
+        split.load_state_dict(bn.state_dict())
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, split)
+    return net
+
+
+def has_batch_norm(arch: str) -> bool:
+    """Whether ``arch``'s backbone normalises with BatchNorm (what Split-BN guards); a timm model is built on the
+    meta device to look."""
+    if arch in ARCHS:
+        return True
+    if is_vit(arch):
+        return False
+    with torch.device("meta"):
+        net = build_timm(arch, 3)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def build_backbone(arch: str, width: int, stem: str, in_channels: int, bn_splits: int = 1,
                    zero_init_residual: bool = False, freeze_patch_embed: bool = True) -> nn.Module:
     """The backbone ``arch`` names: a ResNet of ``ARCHS`` (at ``width``, with ``stem``), a ViT of ``VITS`` or
-    ``timm:NAME``; each has ``feat_dim`` and returns (N, feat_dim) features."""
-    if is_vit(arch):
-        return build_vit(arch, in_channels, freeze_patch_embed)
-    if is_timm(arch):
-        return build_timm(arch, in_channels)
+    ``timm:NAME``; each has ``feat_dim`` and returns (N, feat_dim) features; ``bn_splits`` > 1 puts Split-BN in
+    place of every BatchNorm."""
+    if is_vit(arch) or is_timm(arch):
+        net = build_vit(arch, in_channels, freeze_patch_embed) if is_vit(arch) else build_timm(arch, in_channels)
+        return split_batch_norms(net, bn_splits, arch) if bn_splits > 1 else net
     norm = (lambda c: SplitBatchNorm2d(c, bn_splits)) if bn_splits > 1 else None
     return WideResNet(arch, width, stem, in_channels, norm_layer=norm, zero_init_residual=zero_init_residual)
 

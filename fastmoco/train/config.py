@@ -37,6 +37,7 @@ DEVICE_DEFAULTS = {
 # (84.57 vs 83.07 % at 2 epochs). It trains at 36 px (the 28 px images upsampled): larger feature maps beat more
 # epochs at 28 px per minute of CPU (86.93 % kNN at 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one
 # seed each; RESULTS.md section 2.5). "fmnist-v3" is MoCo v3 sized the same way (RESULTS.md section 10).
+QUEUE_K = 1024  # the queue size field's default: v3, which has no queue, refuses any other value
 _QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False, m_schedule="const",
               optimizer="sgd", lr=0.06, lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
 _V3 = dict(method="v3", head="bn-mlp", dim=256, mlp_dim=4096, m=0.99, m_schedule="cosine", aug="v3",
@@ -142,13 +143,14 @@ class TrainConfig:
     pred_last_bn: Optional[bool] = field(default=None, metadata=dict(
         help="v3: the predictor ends in a BatchNorm (preset: off for ResNets, on for ViTs, as the original)"))
     # 1024: in runs of a few thousand steps a smaller queue measured better (84.18 vs 83.07 % kNN at 4096, 2 epochs)
-    K: int = field(default=1024, metadata=dict(help="queue size (negative keys)"))
+    K: int = field(default=QUEUE_K, metadata=dict(help="queue size (negative keys; v1/v2: v3 takes the batch's)"))
     m: Optional[float] = field(default=None, metadata=dict(help="key-encoder momentum (preset)"))
     m_schedule: Optional[str] = field(default=None, metadata=dict(
         help="const | cosine (m rises to 1 over training, updated every step) (preset)"))
     ema_bn_buffers: bool = field(default=False, metadata=dict(help="also average BN running statistics"))
     T: Optional[float] = field(default=None, metadata=dict(help="InfoNCE temperature (preset)"))
-    symmetric: bool = field(default=False, metadata=dict(help="symmetrised loss (both views as queries)"))
+    symmetric: bool = field(default=False, metadata=dict(
+        help="symmetrised loss (both views as queries; v1/v2: v3's loss always is)"))
     ops: str = field(default="fused", metadata=dict(help="fused | reference (the naive original-code path)"))
     # optimisation
     epochs: Optional[int] = field(default=None, metadata=dict(
@@ -223,8 +225,11 @@ class TrainConfig:
         filled = {k: v for k, v in DEVICE_DEFAULTS[device_type].items() if getattr(self, k) is None}
         if self.sync_bn is None:  # v3 converts the whole model under torchrun, where SyncBatchNorm has kernels
             filled["sync_bn"] = self.method == "v3" and world_size > 1 and device_type == "cuda"
-        if self.bn_splits is None:  # Split-BN: the one-process guard of the queue methods' BN
-            filled["bn_splits"] = 8 if world_size == 1 and self.method == "queue" and not self.sync_bn else 1
+        if self.bn_splits is None:  # Split-BN: the one-process guard of the queue methods' BN (where there is BN)
+            from fastmoco.models import has_batch_norm
+
+            guard = world_size == 1 and self.method == "queue" and not self.sync_bn
+            filled["bn_splits"] = 8 if guard and has_batch_norm(self.arch) else 1
         cfg = dataclasses.replace(self, **filled)
         cfg.validate()
         if cfg.sync_bn and device_type != "cuda":
@@ -273,6 +278,10 @@ class TrainConfig:
             need(self.head == "bn-mlp", f"method v3 trains its own projector (head bn-mlp), got head {self.head!r}")
             need(self.small_crops == 0, "method v3 contrasts two views per image: multi-crop (--small-crops) is a "
                  "v1/v2 option here; pass --small-crops 0")
+            need(self.K == QUEUE_K, f"method v3 has no queue (its negatives are the batch's other keys): --K "
+                 f"{self.K} would change nothing; leave --K out")
+            need(not self.symmetric, "method v3's loss is always symmetric (both views are queries): leave "
+                 "--symmetric out")
             need(self.mlp_dim >= 1 and self.proj_layers >= 1 and self.pred_layers >= 1,
                  f"v3 needs mlp_dim, proj_layers and pred_layers >= 1, got {self.mlp_dim}, {self.proj_layers}, "
                  f"{self.pred_layers}")

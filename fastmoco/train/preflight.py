@@ -3,7 +3,7 @@ network can take, and a memory estimate against what the device has free (instea
 OOM killer minutes later)."""
 import torch
 
-from fastmoco.models import VITS, build_method, is_timm, is_vit
+from fastmoco.models import VITS, build_backbone, build_method, is_timm, is_vit
 from fastmoco.models.backbones import STEM_STRIDE
 
 from .config import ConfigError
@@ -21,12 +21,28 @@ def check_image_size(cfg, image_size: int, flag: str = "--image-size") -> None:
             raise ConfigError(f"{what} {image_size} is not a multiple of {cfg.arch}'s patch size {patch}; use "
                               f"{flag} {max(patch, image_size // patch * patch)}")
         return
-    if is_timm(cfg.arch):  # timm's models check their own input
+    if is_timm(cfg.arch):
+        _check_timm_input(cfg.arch, image_size, what, flag)
         return
     stride = STEM_STRIDE[cfg.stem] * 8  # the stem, then layer2..layer4 halve the side three times
     if image_size < stride:
         raise ConfigError(f"{what} {image_size} is smaller than the network's total stride {stride} (stem "
                           f"{cfg.stem!r}); use {flag} >= {stride} or a smaller stem (--stem small)")
+
+
+def _check_timm_input(arch: str, side: int, what: str, flag: str) -> None:
+    """timm's models check their own input (a ViT built for 224 px refuses any other size with an assertion deep
+    in its forward): one forward on the meta device, before any data or memory, turns that into one line."""
+    with torch.device("meta"):
+        net = build_backbone(arch, 1, "small", 3)
+    try:
+        with torch.no_grad():
+            net(torch.empty(2, 3, side, side, device="meta"))
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        said = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        fixed = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
+        hint = f"; it was built for {fixed[-1]} px: use {flag} {fixed[-1]}" if fixed else ""
+        raise ConfigError(f"{what} {side} does not fit {arch} ({said}){hint}") from None
 
 
 def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) -> dict:
