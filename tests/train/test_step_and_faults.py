@@ -15,7 +15,7 @@ from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.models import MoCo
 from fastmoco.ops.ema import ema_pairs
 from fastmoco.train import ConfigError, TrainConfig, train
-from fastmoco.train.state import RunLock
+from fastmoco.runs.directory import RunLock
 from fastmoco.models.moco import ema_and_enqueue
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
@@ -106,14 +106,14 @@ def _wait_for(path, proc, timeout=120.0):
         time.sleep(0.05)
 
 
-TINY_ARGS = ["--data", FMNIST_DIR, "--subset", "4096", "--batch-size", "32", "--width", "4", "--K", "200",
+TINY_ARGS = ["--data", FMNIST_DIR, "--subset", "4096", "--batch-size", "32", "--width", "4",
              "--no-progress", "--threads", "1", "--knn-k", "20", "--epochs", "2"]
 
 
 @pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
 def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
     out = str(tmp_path / "run")
-    proc = _cli(*TINY_ARGS, "--out", out, "--save-every-min", "0.002")  # a mid-epoch save every 0.12 s
+    proc = _cli(*TINY_ARGS, "--K", "200", "--out", out, "--save-every-min", "0.002")  # a mid-epoch save every 0.12 s
     _wait_for(os.path.join(out, "last.pt"), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -123,7 +123,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(tmp_path):
     assert "continue with --resume auto" in lines[0]
     step = _ckpt(out)["position"]["step"]
     assert f"step {step};" in lines[0]
-    res = _cli(*TINY_ARGS, "--out", out, "--resume", "auto")
+    res = _cli(*TINY_ARGS, "--K", "200", "--out", out, "--resume", "auto")
     _, err = res.communicate(timeout=300)
     assert res.returncode == 0, err
     assert _ckpt(out)["epoch"] == 2 and _ckpt(out)["position"]["step"] == 2 * (4096 // 32)
@@ -163,7 +163,7 @@ def _worker_pids(tag: str, local_rank: int):
 
 
 @pytest.mark.heavy  # several processes for ~15-20 s: the heavy set (make test-heavy)
-@pytest.mark.parametrize("method", [[], ["--method", "v3", "--warmup-epochs", "0.5", "--mlp-dim", "64"]],
+@pytest.mark.parametrize("method", [["--K", "200"], ["--method", "v3", "--warmup-epochs", "0.5", "--mlp-dim", "64"]],
                          ids=["v2", "v3"])
 def test_torchrun_restarts_a_killed_worker_and_the_group_resumes(tmp_path, method):
     out = str(tmp_path / "run")
