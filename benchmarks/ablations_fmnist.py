@@ -58,7 +58,7 @@ class Run:
 
     def settings(self, base: list) -> tuple:
         """The resolved training settings (what decides whether two runs are the same run)."""
-        from fastmoco.train.config import config_from_args
+        from fastmoco.cli.train import config_from_args
 
         cfg = config_from_args(self.argv(base)).resolved().to_dict()
         return tuple(sorted((k, str(v)) for k, v in cfg.items() if k not in RUN_ONLY))

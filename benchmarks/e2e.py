@@ -29,7 +29,7 @@ from fastmoco.data import TensorData, build_data  # noqa: E402
 from fastmoco.data.transforms import view_transform  # noqa: E402
 from fastmoco.models import build_method  # noqa: E402
 from fastmoco.train import TrainConfig  # noqa: E402
-from fastmoco.train.distributed import ProcessGroup  # noqa: E402
+from fastmoco.runs.distributed import ProcessGroup  # noqa: E402
 from fastmoco.train.optim import build_optimizer  # noqa: E402
 from fastmoco.train.step import MocoStep  # noqa: E402
 

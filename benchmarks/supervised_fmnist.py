@@ -37,8 +37,8 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def train_supervised(run_dir: str, out: str, seconds: float, seed: int = 0) -> dict:
     from fastmoco.data import load_fmnist
     from fastmoco.models import WideResNet
-    from fastmoco.train.checkpoint import save_atomic
-    from fastmoco.train.export import read_run
+    from fastmoco.runs.checkpoint import save_atomic
+    from fastmoco.runs.read import read_run
 
     _, cfg, meta = read_run(run_dir)
     torch.manual_seed(seed)

@@ -54,7 +54,7 @@ def moco_run(args) -> str:
 def sources(run: str, args, seed: int) -> dict:
     """fastmoco-detect's SOURCE and extra arguments per initialisation; all three share the MoCo run's
     architecture and input normalisation."""
-    from fastmoco.train.export import read_run
+    from fastmoco.runs.read import read_run
 
     _, cfg, meta = read_run(run)
     norm = ["--mean", ",".join(map(str, meta["mean"])), "--std", ",".join(map(str, meta["std"]))]

@@ -5,7 +5,7 @@ Submodules load on first use, so ``from fastmoco import ops`` pulls in only the 
 import importlib
 
 __version__ = "0.1.0"
-_LAZY = {"MoCo": "fastmoco.models.moco", "InfoNCE": "fastmoco.ops", "TrainConfig": "fastmoco.train.config"}
+_LAZY = {"MoCo": "fastmoco.models.moco", "InfoNCE": "fastmoco.ops", "TrainConfig": "fastmoco.runs.config"}
 
 
 def __getattr__(name):

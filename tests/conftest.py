@@ -6,7 +6,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+from fastmoco.runs.config import FMNIST_DIR  # noqa: E402 - one definition of where the default data lives
 
 # (dtype, atol, rtol) against a float64 reference. Low-precision rows are loose because the *inputs* are rounded
 # (the reference sees the rounded values too, so what is left is fp32-accumulated arithmetic on bf16/fp16 outputs).
@@ -65,27 +65,3 @@ def write_undecodable_png(path, size=(20, 20)):
         at += 12 + length
     with open(path, "wb") as fh:
         fh.write(bytes(out))
-
-
-# -- several processes as torchrun would start them (gloo on CPU) ------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(rank: int, world: int, port: int):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-
-
-def _spawn(fn, *args, world=2):
-    port = _free_port()
-    import torch.multiprocessing as mp
-
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(fn, args=(world, port, results, *args), nprocs=world)
-        return dict(results)

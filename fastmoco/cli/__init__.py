@@ -4,6 +4,8 @@ import argparse
 import signal
 import sys
 
+from fastmoco.errors import FastmocoError
+
 
 def add_fields(parser, settings_cls, help: dict, choices: dict) -> None:
     """One ``--flag`` per field of a settings dataclass (``--no-flag`` for booleans), typed from its annotation."""
@@ -20,12 +22,9 @@ def add_fields(parser, settings_cls, help: dict, choices: dict) -> None:
                                 choices=list(choices[f.name]) if f.name in choices else None)
 
 
-def _expected_errors() -> tuple:
-    from fastmoco.data import DataError
-    from fastmoco.train import ConfigError, TrainingDiverged
-    from fastmoco.train.checkpoint import CheckpointError
-
-    return ConfigError, DataError, CheckpointError, TrainingDiverged, ValueError
+# printed as one line: fastmoco's own errors, and ValueError, which the ops and the models raise for bad arguments
+# (they do not depend on the rest of the package, so they do not use its error classes)
+EXPECTED = (FastmocoError, ValueError)
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -63,12 +62,11 @@ def run_cli(prog: str, fn, argv=None) -> int:
         _say(f"{prog}: interrupted; files already written (checkpoints included) are kept")
         return 130
     except Exception as exc:  # noqa: BLE001 - sorted below: expected ones are one line, the rest re-raised
-        expected = _expected_errors()
         from fastmoco.train.state import RunStopped
         if isinstance(exc, RunStopped):  # SIGTERM / SIGINT: the checkpoint is written; exit as the signal would
             _say(f"{prog}: {exc}")
             return 128 + int(getattr(signal, exc.signame, signal.SIGTERM))
-        if isinstance(exc, expected):
+        if isinstance(exc, EXPECTED):
             _say(f"{prog}: error: {_message(exc)}")
             return 2
         if isinstance(exc, OSError):  # a full disk, a permission, a vanished file: the system's words, one line

@@ -17,7 +17,7 @@ from fastmoco.cli import run_cli
 
 def _convert(argv):
     from fastmoco.convert import export_v3, import_official, timm_export, to_detectron2, to_torchvision
-    from fastmoco.convert.official import describe
+    from fastmoco.models.shape import describe
 
     p = argparse.ArgumentParser(prog="fastmoco-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -5,7 +5,7 @@ from fastmoco.cli import run_cli
 
 
 def _export(argv):
-    from fastmoco.train.export import export_run
+    from fastmoco.convert.extractor import export_run
 
     p = argparse.ArgumentParser(prog="fastmoco-export", description=__doc__)
     p.add_argument("run_dir", help="a fastmoco-train run directory (holds config.yaml and last.pt)")

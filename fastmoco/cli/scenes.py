@@ -7,7 +7,7 @@ from fastmoco.cli import run_cli
 
 def _scenes(argv):
     from fastmoco.data.scenes import SceneSpec, write_scenes
-    from fastmoco.train.config import TrainConfig
+    from fastmoco.runs.config import FMNIST_DIR
 
     d = SceneSpec()
     p = argparse.ArgumentParser(prog="fastmoco-scenes", description=__doc__)
@@ -19,7 +19,7 @@ def _scenes(argv):
     p.add_argument("--scale", type=float, nargs=2, default=d.scale, metavar=("MIN", "MAX"),
                    help="item side as a multiple of 28 px")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--fmnist", default=TrainConfig().data, help="Fashion-MNIST folder")
+    p.add_argument("--fmnist", default=FMNIST_DIR, help="Fashion-MNIST folder")
     a = p.parse_args(argv)
     spec = SceneSpec(a.train, a.val, a.size, tuple(a.items), tuple(a.scale), a.seed)
     print(write_scenes(a.out, a.fmnist, spec))

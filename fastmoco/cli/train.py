@@ -1,10 +1,44 @@
-"""fastmoco-train: MoCo v1/v2 pre-training (default: the fmnist recipe on the embedded Fashion-MNIST, CPU-sized)."""
+"""fastmoco-train: MoCo v1/v2/v3 pre-training (default: the fmnist recipe on the embedded Fashion-MNIST, CPU-sized).
+
+Its flags are generated from ``TrainConfig``: one ``--flag-name`` per field. Precedence: the dataclass defaults <
+the preset < the run that --resume / --init names (for the fields left unset) < ``--config FILE.yaml`` < flags."""
+import argparse
+from dataclasses import fields
+
 from fastmoco.cli import run_cli
+
+
+def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
+    """argparse generated from TrainConfig: one ``--flag-name`` per field, defaults shown from the dataclass."""
+    from fastmoco.runs.config import TrainConfig, base_type
+
+    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, "
+                                "CPU-sized).",
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
+        if base_type(f) is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            p.add_argument(flag, dest=f.name, type=base_type(f), help=help_, metavar=f.name.upper())
+    return p
+
+
+def config_from_args(argv=None):
+    """The resolved TrainConfig the command line (and its --config YAML, --resume and --init) describe."""
+    from fastmoco.runs.config import TrainConfig
+    from fastmoco.runs.read import settings_from_runs
+
+    args = vars(build_parser().parse_args(argv))
+    overrides = TrainConfig.from_yaml(args.pop("config")) if "config" in args else {}
+    overrides.update(args)
+    return TrainConfig(**{**settings_from_runs(overrides), **overrides}).resolved()
 
 
 def _train(argv):
     from fastmoco.train import train
-    from fastmoco.train.config import config_from_args
 
     train(config_from_args(argv))
 

@@ -15,8 +15,8 @@ import os
 import pickle
 
 from fastmoco.models import VITS, is_timm, is_vit
-from fastmoco.train import checkpoint as ckpt_io
-from fastmoco.train.export import load_backbone
+from fastmoco.runs import checkpoint as ckpt_io
+from fastmoco.runs.read import load_backbone
 
 from .official import ConvertError
 from .vit_layout import add_pos_embed, timm_kwargs

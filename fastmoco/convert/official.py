@@ -15,19 +15,19 @@ import os
 import torch
 
 from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fastmoco.models import ARCHS, VITS, build_backbone, load_exactly, projection_head
-from fastmoco.train import checkpoint as ckpt_io
-from fastmoco.train.config import PRESETS, TrainConfig
-from fastmoco.train.export import PREFIX, read_weights
-from fastmoco.train.state import imported_payload
+from fastmoco.models import build_backbone, load_exactly, projection_head
+from fastmoco.errors import ConvertError
+from fastmoco.models.shape import backbone_fields, describe, infer_backbone
+from fastmoco.runs import checkpoint as ckpt_io
+from fastmoco.runs.checkpoint import imported_payload
+from fastmoco.runs.config import PRESETS, TrainConfig
+from fastmoco.runs.directory import claim_run_dir
+from fastmoco.runs.read import PREFIX, read_weights
 
-from .vit_layout import drop_pos_embed, infer_vit, is_vit_state_dict
+from .official_v3 import PROJECTOR, has_full_v3, import_v3, mlp_shape, strip_module
+from .vit_layout import drop_pos_embed
 
 FORMATS = {"encoder_q.": "MoCo v1/v2", "base_encoder.": "MoCo v3"}
-
-
-class ConvertError(ValueError):
-    """A checkpoint that cannot be converted; the CLI prints it as one line."""
 
 
 def read_state_dict(path: str, obj: dict | None = None) -> dict:
@@ -60,45 +60,6 @@ def split_official(sd: dict, path: str) -> tuple[str, dict, dict]:
                        "module.encoder_q.* (MoCo v1/v2) nor module.base_encoder.* (MoCo v3)")
 
 
-def infer_backbone(sd: dict) -> dict:
-    """The shape of a backbone state_dict with torchvision / timm names: ResNets (arch, width, stem, in_channels)
-    and ViTs (arch, in_channels, image_size); one line naming what was found when fastmoco builds neither."""
-    if is_vit_state_dict(sd):
-        return infer_vit(sd, ConvertError)
-    if "conv1.weight" not in sd:
-        raise ConvertError(f"not a backbone fastmoco builds: neither a ResNet (conv1.weight) nor a ViT "
-                           f"(patch_embed.proj.weight); its keys start {', '.join(list(sd)[:3])}")
-    return infer_resnet(sd)
-
-
-def infer_resnet(sd: dict) -> dict:
-    """arch, width, stem and in_channels of a torchvision-named ResNet state_dict."""
-    bottleneck = "layer1.0.conv3.weight" in sd
-    depth = [len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
-    found = [name for name, (block, layers) in ARCHS.items()
-             if layers == depth and (block.expansion == 4) == bottleneck]
-    if not found:
-        kind = "Bottleneck" if bottleneck else "BasicBlock"
-        raise ConvertError(f"unsupported ResNet: {kind} blocks {depth} per stage; fastmoco builds "
-                           + ", ".join(f"{n} {layers}" for n, (_, layers) in ARCHS.items()))
-    w = sd["conv1.weight"]  # (width, in_channels, k, k)
-    return dict(arch=found[0], width=w.shape[0], in_channels=w.shape[1], stem="imagenet" if w.shape[-1] == 7 else "small")
-
-
-def backbone_fields(shape: dict) -> dict:
-    """The TrainConfig fields a backbone shape fixes (a ViT has no base width or stem)."""
-    return {k: shape[k] for k in ("arch", "width", "stem") if k in shape}
-
-
-def describe(shape: dict) -> str:
-    """A backbone shape (``infer_backbone``) in words."""
-    if "width" not in shape:  # a ViT
-        spec = VITS[shape["arch"]]
-        return (f"a {shape['arch']} (patch {spec['patch_size']}, width {spec['embed_dim']}, depth {spec['depth']}, "
-                f"{spec['num_heads']} heads) at {shape['image_size']} px")
-    return f"a {shape['arch']} of width {shape['width']}, {shape['stem']} stem"
-
-
 def head_kind(head: dict) -> tuple[str | None, int | None]:
     """(fastmoco head, output dim) of a v1/v2 head; (None, None) when there is none to import (MoCo v3's
     projector has BatchNorm layers inside, which fastmoco's heads do not)."""
@@ -118,20 +79,11 @@ def check_queue(queue, dim: int | None, path: str) -> None:
                            f"(the queue should be ({dim}, K))")
 
 
-def claim_run_dir(out: str) -> None:
-    """OUT made ready for an imported run: created, and refused if it already holds one."""
-    if os.path.exists(os.path.join(out, ckpt_io.LAST)):
-        raise ConvertError(f"{out} already holds a run (last.pt); choose another OUT_DIR")
-    os.makedirs(out, exist_ok=True)
-
-
 def _imported_recipe(fmt: str, head: str | None, dim: int | None, queue, sd: dict, size: int, path: str) -> dict:
     """The TrainConfig fields an imported backbone's run records: the method and preset of the paper it came from
     (a v3 base encoder stays v3, so lincls runs v3's protocol on it), with what the file tells of the head."""
     if fmt == "MoCo v3":
-        from .official_v3 import PROJECTOR, _strip_module, mlp_shape
-
-        keys = _strip_module(sd)
+        keys = strip_module(sd)
         vit = "base_encoder.patch_embed.proj.weight" in keys
         preset = "v3-vit" if vit else "v3"
         known = {}
@@ -150,8 +102,6 @@ def _imported_recipe(fmt: str, head: str | None, dim: int | None, queue, sd: dic
 def import_official(path: str, out: str) -> dict:
     """Writes OUT as a fastmoco run directory (``last.pt`` + ``config.yaml``), or, when OUT ends in .pt/.pth,
     only the backbone's state_dict with torchvision names. Returns a summary of what was read."""
-    from .official_v3 import has_full_v3, import_v3
-
     obj = read_weights(path, ConvertError)
     sd = read_state_dict(path, obj)
     if has_full_v3(sd) and not out.endswith((".pt", ".pth")):

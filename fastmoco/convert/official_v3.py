@@ -18,13 +18,15 @@ import warnings
 import torch
 
 from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fastmoco.errors import ConvertError
 from fastmoco.models import VITS, MoCoV3, is_vit, load_exactly
-from fastmoco.train import checkpoint as ckpt_io
-from fastmoco.train.config import TrainConfig
-from fastmoco.train.export import read_run
-from fastmoco.train.state import imported_payload
+from fastmoco.models.shape import backbone_fields, describe, infer_backbone
+from fastmoco.runs import checkpoint as ckpt_io
+from fastmoco.runs.checkpoint import imported_payload
+from fastmoco.runs.config import TrainConfig
+from fastmoco.runs.directory import claim_run_dir
+from fastmoco.runs.read import read_run
 
-from .official import ConvertError, backbone_fields, claim_run_dir, describe, infer_backbone
 from .vit_layout import add_pos_embed, drop_pos_embed
 
 PROJECTOR = {False: "fc", True: "head"}  # where the original keeps the projector: a ResNet's fc, a ViT's head
@@ -40,7 +42,7 @@ def renames(vit: bool) -> tuple[tuple[str, str], ...]:
     return tuple(out) + (("predictor.", "predictor."),)
 
 
-def _strip_module(sd: dict) -> dict:
+def strip_module(sd: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
@@ -50,7 +52,7 @@ def _is_vit(keys: dict) -> bool:
 
 def has_full_v3(sd: dict) -> bool:
     """Whether a state_dict holds a whole v3 model (base and momentum encoders, predictor), not just a backbone."""
-    keys = _strip_module(sd)
+    keys = strip_module(sd)
     projector = f"base_encoder.{PROJECTOR[_is_vit(keys)]}."
     return all(any(k.startswith(p) for k in keys) for p in (projector, "momentum_encoder.", "predictor."))
 
@@ -118,7 +120,7 @@ def _without_pos_embed(keys: dict, path: str) -> dict:
 def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
     """Writes OUT as a fastmoco v3 run that ``--resume`` continues (fresh optimizer state, from ``epoch``) and
     ``--init`` starts from. Returns a summary of what was read."""
-    keys = _strip_module(sd)
+    keys = strip_module(sd)
     vit = _is_vit(keys)
     head = f"base_encoder.{PROJECTOR[vit]}."
     backbone_sd = {k[len("base_encoder."):]: v for k, v in keys.items()

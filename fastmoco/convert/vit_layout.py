@@ -20,28 +20,6 @@ TIMM_NAMES = {"vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch1
 POS_EMBED_ATOL = 1e-5  # a float32 sin-cos table written by another implementation agrees to ~1e-7
 
 
-def is_vit_state_dict(sd: dict) -> bool:
-    return "patch_embed.proj.weight" in sd
-
-
-def infer_vit(sd: dict, error) -> dict:
-    """arch, in_channels and image size (from the stored position table, 224 px without one) of a ViT state_dict
-    with timm / original MoCo v3 names; ``error`` names what was found when fastmoco builds no such ViT."""
-    proj = sd["patch_embed.proj.weight"]  # (width, channels, patch, patch)
-    width, in_channels, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    found = [name for name, spec in VITS.items()
-             if (spec["patch_size"], spec["embed_dim"], spec["depth"]) == (patch, width, depth)]
-    if not found or "cls_token" not in sd:
-        what = f"patch {patch}, width {width}, depth {depth}" + ("" if "cls_token" in sd else ", no class token")
-        builds = "; ".join(f"{n}: patch {s['patch_size']}, width {s['embed_dim']}, depth {s['depth']}"
-                           for n, s in VITS.items())
-        raise error(f"a ViT fastmoco cannot build ({what}); it builds {builds}")
-    pos = sd.get("pos_embed")
-    grid = math.isqrt(pos.shape[1] - 1) if pos is not None else 224 // patch
-    return dict(arch=found[0], in_channels=in_channels, image_size=grid * patch)
-
-
 def drop_pos_embed(sd: dict, where: str, error) -> dict:
     """``sd`` without its ``pos_embed`` (``where`` names it in messages), refused when the stored table is not the fixed sin-cos one (a learned
     embedding, or one with a class-token entry, which fastmoco's ViTs do not have)."""

@@ -19,7 +19,7 @@ Modules: ``plan`` (the epoch plan: ``EpochPlan`` over sample indices, ``ShardPla
 """
 from . import dali
 from .build import LOADERS, build_data, choose_loader
-from .errors import DataError
+from fastmoco.errors import DataError
 from .fmnist import load_fmnist
 from .folder import image_folder
 from .folder_source import FolderData

@@ -1,6 +1,6 @@
 """Which source and which loader a config names: ``build_data(cfg, device, rank, world)``."""
 from . import dali
-from .errors import DataError
+from fastmoco.errors import DataError
 from .fmnist import is_fmnist_dir, load_fmnist
 from .folder import image_folder
 from .folder_source import FolderData

@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import DataError
+from fastmoco.errors import DataError
 from .transforms import SOLARIZE_THRESHOLD
 from .view_params import ViewSpec, draw
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from .errors import DataError
+from fastmoco.errors import DataError
 
 FILES = {
     True: ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

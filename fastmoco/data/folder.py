@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.datasets import ImageFolder
 
-from .errors import DataError
+from fastmoco.errors import DataError
 
 # what PIL raises for files it cannot decode (truncated data, unknown formats, broken headers)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

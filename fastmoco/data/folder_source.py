@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from . import dali
-from .errors import DataError
+from fastmoco.errors import DataError
 from .folder import TwoViews
 from .plan import EpochPlan, batch_seed
 from .shards.reader import SkipReport

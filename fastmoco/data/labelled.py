@@ -8,7 +8,7 @@ An ImageFolder scored against Fashion-MNIST names its classes by label number (0
 names ("T-shirt/top" written T-shirt_top)."""
 import torch
 
-from .errors import DataError
+from fastmoco.errors import DataError
 from .fmnist import CLASSES as FMNIST_CLASSES
 from .fmnist import is_fmnist_dir, load_fmnist
 from .folder import image_folder

@@ -11,7 +11,7 @@ seeds and step arithmetic).
 import numpy as np
 import torch
 
-from .errors import DataError
+from fastmoco.errors import DataError
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from fastmoco.errors import DataError
 from .fmnist import CLASSES, load_fmnist
 
 INK = 40  # an item pixel above this (of 255) is the item's: below it Fashion-MNIST's background is a faint halo

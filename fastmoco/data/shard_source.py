@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import dali
-from .errors import DataError
+from fastmoco.errors import DataError
 from .plan import ShardPlan, batch_seed
 from .shards import ShardReader, SkipReport
 from .shards.reader import Skip

@@ -198,10 +198,11 @@ def _fit_official(fc, backbone, train_ds, test_ds, eval_tf, proto, s, pg, metric
 def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
     """Trains and evaluates the linear classifier of ``run_dir``'s backbone; returns the summary."""
     from fastmoco.data.fmnist import is_fmnist_dir
-    from fastmoco.train import checkpoint as ckpt_io
-    from fastmoco.train import distributed
-    from fastmoco.train.config import ConfigError, check_finite
-    from fastmoco.train.export import backbone_from, describe_checkpoint, read_run
+    from fastmoco.runs import checkpoint as ckpt_io
+    from fastmoco.runs import distributed
+    from fastmoco.errors import ConfigError
+    from fastmoco.runs.config import check_finite
+    from fastmoco.runs.read import backbone_from, describe_checkpoint, read_run
 
     pg = distributed.setup(s.device)
     log = log if pg.is_main else (lambda *_: None)

@@ -14,7 +14,6 @@ distributed run plugs in a cross-process shuffle with the same interface.
 import copy
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,6 +22,7 @@ from fastmoco.ops.ema import ema_pairs
 
 from .backbones import build_backbone
 from .heads import projection_head
+from .shuffle import LocalShuffle, gather_keys
 
 
 def check_method_args(m: float, T: float, ops_impl: str) -> None:
@@ -181,29 +181,3 @@ def encode_queries(encoder: nn.Module, groups) -> list[torch.Tensor]:
         scratch = {name: b.clone() for name, b in encoder.named_buffers()}
         out += [torch.func.functional_call(encoder, scratch, (x,)) for x in groups[1:]]
     return out
-
-
-class LocalShuffle:
-    """One process: permute the key batch before the key encoder so that, with Split-BN, a key is normalised
-    with other images' statistics than its query; ``undo`` puts the encoded keys back in order."""
-
-    def __call__(self, x: torch.Tensor):
-        perm = torch.randperm(x.shape[0], device=x.device)  # (N,)
-        inverse = torch.argsort(perm)
-        return x[perm], lambda k: k[inverse]
-
-
-# all_gather_single is the newer name (the old one warns there); older torch has only all_gather_into_tensor
-_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
-@torch.no_grad()
-def gather_keys(keys: torch.Tensor) -> torch.Tensor:
-    """(N, ...) on each of W ranks -> (W*N, ...) on every rank, rank 0's rows first; the identity outside a
-    distributed run."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys
-    out = keys.new_empty((dist.get_world_size() * keys.shape[0], *keys.shape[1:]))  # (W*N, ...)
-    _ALL_GATHER(out, keys.contiguous())
-    return out
-

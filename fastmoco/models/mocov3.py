@@ -39,7 +39,8 @@ from fastmoco.ops.ema import ema_pairs
 
 from .backbones import build_backbone
 from .heads import bn_mlp
-from .moco import check_method_args, gather_keys
+from .moco import check_method_args
+from .shuffle import gather_keys
 
 
 class MoCoV3(nn.Module):

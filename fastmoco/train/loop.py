@@ -18,21 +18,21 @@ from tqdm import tqdm
 from fastmoco.data import build_data
 from fastmoco.models import build_method
 
-from . import checkpoint as ckpt_io
-from . import distributed, preflight
-from .config import ConfigError, TrainConfig, resume_changes
+from fastmoco.errors import ConfigError, TrainingDiverged
 from fastmoco.evaluate.knn import knn_accuracy
+from fastmoco.runs import checkpoint as ckpt_io
+from fastmoco.runs import distributed
+from fastmoco.runs.checkpoint import build_payload, checkpoint_path
+from fastmoco.runs.config import TrainConfig, resume_changes
+from fastmoco.runs.directory import RunLock
+from fastmoco.runs.read import init_backbone
+
+from . import preflight
 from .metrics import Metrics
 from .optim import build_optimizer
 from .schedules import lr_factor, momentum_at
-from .checkpoint import checkpoint_path
-from .export import init_backbone
-from .state import Position, RunLock, RunStopped, SaveTimer, StopRequest, build_payload, restore
+from .state import Position, RunStopped, SaveTimer, StopRequest, restore
 from .step import MocoStep
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is left as it was."""
 
 
 def _seed_all(seed: int):

@@ -8,7 +8,7 @@ ratio. Then momentum on the scaled update: buf <- momentum * buf + d, p <- p - l
 """
 import torch
 
-OPTIMIZERS = ("sgd", "lars", "adamw")
+from fastmoco.runs.config import OPTIMIZERS
 
 
 class LARS(torch.optim.Optimizer):
@@ -46,10 +46,15 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+_BUILD = {  # one per name the config allows (runs/config.OPTIMIZERS)
+    "sgd": lambda cfg, params, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.sgd_momentum,
+                                                   weight_decay=cfg.weight_decay),
+    "lars": lambda cfg, params, lr: LARS(params, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay),
+    "adamw": lambda cfg, params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay),
+}
+assert set(_BUILD) == set(OPTIMIZERS), "every optimizer the config allows is built here"
+
+
 def build_optimizer(cfg, params, lr: float) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over ``params`` at ``lr``, with the run's momentum and weight decay."""
-    if cfg.optimizer == "lars":
-        return LARS(params, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.sgd_momentum, weight_decay=cfg.weight_decay)
+    return _BUILD[cfg.optimizer](cfg, params, lr)

@@ -6,7 +6,7 @@ import torch
 from fastmoco.models import VITS, build_backbone, build_method, is_timm, is_vit
 from fastmoco.models.backbones import STEM_STRIDE
 
-from .config import ConfigError
+from fastmoco.errors import ConfigError
 
 GiB = 2**30
 

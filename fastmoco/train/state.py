@@ -1,20 +1,17 @@
-"""The checkpointable run state: where a run stands (epoch, samples done inside it, optimizer steps), what a
-checkpoint holds, the run-directory lock, stop requests from signals, and timed mid-epoch saves.
+"""The checkpointable run state: where a run stands (epoch, samples done inside it, optimizer steps), restoring it
+from a checkpoint, stop requests from signals, and timed mid-epoch saves.
 
 A checkpoint is written at every epoch end, every ``save_every_min`` minutes inside an epoch, and when the run
 is asked to stop (SIGTERM from a scheduler, Ctrl-C). Its position is counted in *samples* of the epoch's fixed
 order, so a run resumed with another process count continues with the next unseen images.
 """
-import fcntl
-import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from fastmoco.models import load_exactly
 
-from . import checkpoint as ckpt_io
-from .config import ConfigError
+from fastmoco.runs import checkpoint as ckpt_io
 
 @dataclass
 class Position:
@@ -25,21 +22,6 @@ class Position:
     loss_steps: int = 0
     history: list = field(default_factory=list)  # metrics rows of finished epochs
     elapsed_s: float = 0.0  # training time before this process started
-
-
-def build_payload(model, optimizer, scaler, pos: Position, cfg, requested: dict, data_meta: dict,
-                  world: int) -> dict:
-    """``config``: the settings the run used (device defaults filled in); ``requested_config``: before the device
-    defaults, what a resume on other hardware starts from."""
-    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                epoch=pos.epoch, position=asdict(pos), rng=ckpt_io.rng_state(), config=cfg.to_dict(),
-                requested_config=requested, data=data_meta, world_size=world)
-
-
-def imported_payload(model_state: dict, cfg, data_meta: dict, imported: dict) -> dict:
-    """A checkpoint of weights brought in from elsewhere (fastmoco-convert import): the model and the settings
-    that describe it, no optimizer or position (it starts runs with --init, it does not resume)."""
-    return dict(model=model_state, config=cfg.to_dict(), data=data_meta, imported=imported)
 
 
 def restore(state: dict, model, optimizer, scaler, path: str) -> Position:
@@ -64,32 +46,6 @@ def restore(state: dict, model, optimizer, scaler, path: str) -> Position:
     # checkpoints written before mid-epoch saves existed: always at an epoch end
     return Position(epoch=state["epoch"], step=state["step"], history=state["history"],
                     elapsed_s=state.get("elapsed_s", 0.0))
-
-
-class RunLock:
-    """An exclusive lock on the run directory for the run's lifetime (released by the OS if the process dies),
-    so two runs pointed at one ``--out`` cannot overwrite each other's checkpoints."""
-
-    def __init__(self, out: str):
-        self.path = os.path.join(out, ".lock")
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "unknown"
-            self.fh.close()
-            raise ConfigError(f"run directory {out} is in use by another run (pid {holder}); wait for it to "
-                              "finish or choose another --out") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(str(os.getpid()))
-        self.fh.flush()
-
-    def release(self) -> None:
-        if not self.fh.closed:
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
 
 
 class StopRequest:

@@ -21,7 +21,8 @@ import warnings
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .distributed import CrossRankShuffle, ProcessGroup
+from fastmoco.models.shuffle import CrossRankShuffle
+from fastmoco.runs.distributed import ProcessGroup
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

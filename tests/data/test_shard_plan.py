@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.data.plan import ShardPlan
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.data.shards import ShardReader, convert, expand_braces, parse_index, resolve
 from fastmoco.data.shards.reader import Skip
 

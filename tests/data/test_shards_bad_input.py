@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.data.shards import ShardReader, convert, parse_index, resolve
 from fastmoco.data.shards.manifest import ShardSet
 

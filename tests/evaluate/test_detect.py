@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import FMNIST_DIR, cuda_only, needs_fmnist
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.data.scenes import SceneSpec, box_of, draw_scene, rle_of, write_scenes, write_split
 from fastmoco.evaluate.detection import CocoSet, DetectSettings, coco_ap, lr_factor, run_detect
 from fastmoco.evaluate.detection.coco import coco_api, hflip
 from fastmoco.evaluate.detection.source import load_source
 from fastmoco.models import WideResNet, build_detector
 from fastmoco.models.detection import ResNetFPN, freeze_bn
-from fastmoco.train.config import ConfigError
+from fastmoco.runs.config import ConfigError
 
 
 def _block_items(n=4, top=5, left=9, h=10, w=6, value=200):
@@ -387,7 +387,7 @@ def test_fine_tunes_from_a_fastmoco_run_with_its_normalisation(tmp_path):
     res = run_detect(run, _settings(paths, None, epochs=1, norm="frozen", model="fasterrcnn", show=0),
                      log=said.append)
     state = torch.load(os.path.join(run, "detect", "last.pt"), weights_only=True)
-    from fastmoco.train.export import read_run
+    from fastmoco.runs.read import read_run
 
     meta = read_run(run)[2]
     assert state["mean"] == list(meta["mean"]) and state["std"] == list(meta["std"])  # the run's, not the scenes'
@@ -398,9 +398,9 @@ def test_fine_tunes_from_a_fastmoco_run_with_its_normalisation(tmp_path):
 
 def _detect_worker(rank, world, port, results, paths, out):
     import fastmoco.evaluate.detection.finetune as ft
-    from conftest import _env
+    from processes import join_env
 
-    _env(rank, world, port)
+    join_env(rank, world, port)
     save, states = ft._save, []
 
     def recording(run, where):  # every process's model at each checkpoint (process 0 alone writes the file)
@@ -413,10 +413,10 @@ def _detect_worker(rank, world, port, results, paths, out):
 
 @pytest.mark.slow
 def test_two_processes_fine_tune_one_detector(tmp_path):
-    from conftest import _spawn
+    from processes import spawn
 
     paths = _tiny_set(str(tmp_path / "data"))
-    two = _spawn(_detect_worker, paths, str(tmp_path / "two"))
+    two = spawn(_detect_worker, paths, str(tmp_path / "two"))
     assert len(two[0]["states"]) == len(two[1]["states"]) == 2  # step 1 of 2 (4 images, 2 each), the epoch's end
     for a, b in zip(two[0]["states"], two[1]["states"]):  # gradients averaged, BN statistics averaged: one model
         for k in a:

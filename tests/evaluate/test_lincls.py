@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, _free_port, needs_fmnist
+from conftest import FMNIST_DIR, needs_fmnist
+from processes import free_port
 from fastmoco.evaluate import lincls
 from fastmoco.evaluate.lincls import PROTOCOLS, LinclsSettings, lr_at, run_lincls
 
@@ -79,7 +80,7 @@ def test_non_finite_numbers_are_refused_before_anything_is_written(tiny_run, cap
 
 @needs_fmnist()
 def test_it_says_which_checkpoint_it_evaluates(tiny_run, tmp_path):
-    from fastmoco.train import checkpoint as ckpt_io
+    from fastmoco.runs import checkpoint as ckpt_io
 
     lines = []
     run_lincls(tiny_run, LinclsSettings(subset=512, epochs=1, progress=False, workers=0, out=str(tmp_path)),
@@ -97,7 +98,7 @@ def test_it_says_which_checkpoint_it_evaluates(tiny_run, tmp_path):
 
 @needs_fmnist()
 def test_official_protocol_keeps_the_backbone_frozen(tiny_run, monkeypatch, tmp_path):
-    from fastmoco.train import export
+    from fastmoco.runs import read as export
 
     seen = {}
     real = export.backbone_from
@@ -127,7 +128,7 @@ def test_torchrun_shards_the_features_and_trains_one_classifier(tiny_run, tmp_pa
     one = run_lincls(tiny_run, LinclsSettings(subset=1000, epochs=10, workers=0, progress=False, device="cpu",
                                               out=str(tmp_path / "one")), log=lambda *_: None)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(_free_port()), "-m", "fastmoco.lincls", *args,
+                          "--master_port", str(free_port()), "-m", "fastmoco.lincls", *args,
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("linear top-1") == 1  # one process reports

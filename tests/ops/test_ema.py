@@ -114,7 +114,7 @@ def test_good_calls_never_run_the_python_check_and_a_bad_one_runs_it_once():
 def test_a_training_step_runs_the_python_check_zero_times():
     from fastmoco.models import MoCo
     from fastmoco.train import TrainConfig
-    from fastmoco.train.distributed import ProcessGroup
+    from fastmoco.runs.distributed import ProcessGroup
     from fastmoco.train.step import MocoStep
 
     cfg = TrainConfig(width=4, K=32, batch_size=8, bn_splits=2, dim=16).resolved().for_runtime("cpu", 1)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.train import ConfigError, TrainConfig, train
-from fastmoco.train.config import config_from_args
+from fastmoco.cli.train import config_from_args
 
 
 @pytest.mark.parametrize("how,delay", [("fastmoco-train", 0.2), ("fastmoco-train", 2.0),

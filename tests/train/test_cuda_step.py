@@ -7,7 +7,7 @@ from fastmoco import ops
 from fastmoco.data import TensorData
 from fastmoco.models import MoCo
 from fastmoco.train import TrainConfig
-from fastmoco.train.distributed import ProcessGroup
+from fastmoco.runs.distributed import ProcessGroup
 from fastmoco.train.step import MocoStep
 
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import FMNIST_DIR, _env, _spawn, needs_fmnist  # noqa: F401  (_env: other modules take it here)
+from conftest import FMNIST_DIR, needs_fmnist
+from processes import join_env, spawn
 from fastmoco.train import TrainConfig, train
-from fastmoco.train.distributed import CrossRankShuffle
+from fastmoco.models.shuffle import CrossRankShuffle
 from fastmoco.train.loop import Trainer
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
@@ -17,7 +18,7 @@ TINY = dict(data=FMNIST_DIR, subset=1024, batch_size=B, width=4, K=200, epochs=1
 
 
 def _train_worker(rank, world, port, results, cfg_kw):
-    _env(rank, world, port)
+    join_env(rank, world, port)
     trainer = Trainer(TrainConfig(**cfg_kw).resolved(), log=lambda *_: None)
     seen_keys = []
     real = trainer.step.after_update
@@ -38,7 +39,7 @@ def _train_worker(rank, world, port, results, cfg_kw):
 @pytest.mark.parametrize("extra", [{}, dict(small_crops=2, small_crop_size=16)], ids=["two-views", "multi-crop"])
 def test_two_ranks_stay_identical_and_queue_all_keys_in_rank_order(tmp_path, extra):
     # multi-crop: DDP sees the query batches of both resolutions in one forward (QueryViews)
-    res = _spawn(_train_worker, dict(TINY, out=str(tmp_path), max_steps=3, **extra))
+    res = spawn(_train_worker, dict(TINY, out=str(tmp_path), max_steps=3, **extra))
     a, b = res[0], res[1]
     assert a["steps"] == b["steps"] == 3
     for name, value in a["state"].items():  # key and query encoders, queue, ptr: bit-identical on both ranks
@@ -52,7 +53,7 @@ def test_two_ranks_stay_identical_and_queue_all_keys_in_rank_order(tmp_path, ext
 
 
 def _shuffle_worker(rank, world, port, results):
-    _env(rank, world, port)
+    join_env(rank, world, port)
     dist.init_process_group("gloo")
     try:
         torch.manual_seed(rank)  # only rank 0's draw may matter
@@ -66,7 +67,7 @@ def _shuffle_worker(rank, world, port, results):
 
 
 def test_shuffle_bn_is_a_cross_rank_permutation_and_keys_come_back_to_their_rows():
-    res = _spawn(_shuffle_worker)
+    res = spawn(_shuffle_worker)
     n = 16
     assert sorted(res[0]["local"] + res[1]["local"]) == list(range(2 * n))  # a permutation of both ranks' rows
     for rank in range(2):
@@ -83,7 +84,7 @@ def _ckpt(out):
 def test_two_rank_checkpoint_resumes_in_one_process_and_back(tmp_path):
     n, k = TINY["subset"], TINY["K"]
     out = str(tmp_path / "a")
-    _spawn(_train_worker, dict(TINY, out=out, max_steps=3))  # 3 steps of 2 x 32 images, then stopped mid-epoch
+    spawn(_train_worker, dict(TINY, out=out, max_steps=3))  # 3 steps of 2 x 32 images, then stopped mid-epoch
     pos = _ckpt(out)["position"]
     assert (pos["epoch"], pos["samples"], pos["step"], _ckpt(out)["world_size"]) == (0, 3 * 2 * B, 3, 2)
     summary = train(TrainConfig(**TINY, out=out, resume="auto").resolved(), log=lambda *_: None)
@@ -95,7 +96,7 @@ def test_two_rank_checkpoint_resumes_in_one_process_and_back(tmp_path):
     out = str(tmp_path / "b")
     train(TrainConfig(**TINY, out=out, max_steps=5).resolved(), log=lambda *_: None)
     assert _ckpt(out)["position"]["samples"] == 5 * B
-    _spawn(_train_worker, dict(TINY, out=out, resume="auto"))
+    spawn(_train_worker, dict(TINY, out=out, resume="auto"))
     done = _ckpt(out)
     rest = (n - 5 * B) // (2 * B)
     assert done["epoch"] == 1 and done["position"]["step"] == 5 + rest and done["world_size"] == 2

@@ -15,7 +15,7 @@ from fastmoco.train import ConfigError, TrainConfig, train
 from fastmoco.train.loop import Trainer
 from fastmoco.train.schedules import momentum_at
 
-from test_distributed_train import _env, _spawn
+from processes import join_env, spawn
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 B = 32
@@ -85,7 +85,7 @@ def test_accumulation_runs_the_ema_once_per_optimizer_step(tmp_path, monkeypatch
 
 
 def _v3_worker(rank, world, port, results, cfg_kw):
-    _env(rank, world, port)
+    join_env(rank, world, port)
     trainer = Trainer(TrainConfig(**cfg_kw).resolved(), log=lambda *_: None)
     try:
         trainer.fit()
@@ -97,7 +97,7 @@ def _v3_worker(rank, world, port, results, cfg_kw):
 
 @pytest.mark.parametrize("arch", [{}, dict(arch="vit_fmnist", image_size=28)], ids=["resnet", "vit"])
 def test_two_gloo_ranks_train_v3_and_stay_identical(tmp_path, arch):
-    res = _spawn(_v3_worker, dict(TINY, out=str(tmp_path), max_steps=3, threads=1, **arch))
+    res = spawn(_v3_worker, dict(TINY, out=str(tmp_path), max_steps=3, threads=1, **arch))
     a, b = res[0], res[1]
     assert a["steps"] == b["steps"] == 3
     assert (a["sync_bn"], a["splits"]) == (False, 1)  # gloo: per-rank BN, statistics averaged after each step

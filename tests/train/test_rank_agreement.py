@@ -11,7 +11,7 @@ from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.train import TrainConfig
 from fastmoco.train.loop import Trainer
 
-from test_distributed_train import _env, _spawn
+from processes import join_env, spawn
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 TINY = dict(data=FMNIST_DIR, subset=256, batch_size=16, width=4, K=64, epochs=1, progress=False, threads=1, knn_k=5)
@@ -19,7 +19,7 @@ TINY = dict(data=FMNIST_DIR, subset=256, batch_size=16, width=4, K=64, epochs=1,
 
 def _start_worker(rank, world, port, results, per_rank):
     """Builds a Trainer with this rank's settings; records the error it stops with (or None)."""
-    _env(rank, world, port)
+    join_env(rank, world, port)
     trainer = None
     try:
         trainer = Trainer(TrainConfig(**per_rank[rank]).resolved(), log=lambda *_: None)
@@ -30,13 +30,13 @@ def _start_worker(rank, world, port, results, per_rank):
         if trainer is not None:
             trainer.close()
         else:
-            from fastmoco.train import distributed
+            from fastmoco.runs import distributed
             distributed.teardown()
 
 
 def _both(tmp_path, first: dict, second: dict) -> dict:
     out = str(tmp_path / "run")
-    return _spawn(_start_worker, [dict(TINY, out=out, **first), dict(TINY, out=out, **second)])
+    return spawn(_start_worker, [dict(TINY, out=out, **first), dict(TINY, out=out, **second)])
 
 
 @pytest.mark.parametrize("name,first,second", [("batch_size", 16, 8), ("subset", 256, 128), ("lr", 0.06, 0.1)])

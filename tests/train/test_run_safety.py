@@ -9,8 +9,8 @@ import torch
 
 from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.train import ConfigError, TrainConfig, train
-from fastmoco.train import checkpoint as ckpt_io
-from fastmoco.train.config import config_from_args
+from fastmoco.runs import checkpoint as ckpt_io
+from fastmoco.cli.train import config_from_args
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 TINY = dict(data=FMNIST_DIR, subset=512, batch_size=32, width=4, K=200, epochs=2, lr=0.06, progress=False,
@@ -117,7 +117,7 @@ def test_values_checked_before_anything_is_allocated(tmp_path, args, message, ca
 
 
 def test_exported_extractor_checks_values_and_resizes(tmp_path):
-    from fastmoco.train.export import export_run, load_extractor
+    from fastmoco.convert.extractor import export_run, load_extractor
 
     cfg = _cfg(tmp_path, epochs=1)
     train(cfg, log=lambda *_: None)

@@ -11,7 +11,7 @@ from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.data import TensorData
 from fastmoco.models import MoCo, SplitBatchNorm2d, build_backbone
 from fastmoco.train import TrainConfig, train
-from fastmoco.train.distributed import ProcessGroup
+from fastmoco.runs.distributed import ProcessGroup
 from fastmoco.evaluate.knn import knn_predict
 from fastmoco.train.schedules import lr_factor, momentum_at
 from fastmoco.train.step import MocoStep

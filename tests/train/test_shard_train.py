@@ -82,7 +82,7 @@ def test_a_corrupt_member_is_replaced_and_named_in_the_epochs_warning(tmp_path, 
 
 
 def test_unlabelled_shards_cannot_be_evaluated(tmp_path):
-    from fastmoco.data.errors import DataError
+    from fastmoco.errors import DataError
     from fastmoco.data.labelled import labelled_set
     from fastmoco.data.shards import convert as to_shards
 
@@ -95,11 +95,11 @@ def test_unlabelled_shards_cannot_be_evaluated(tmp_path):
 
 
 def _shard_worker(rank, world, port, results, cfg_kw):
-    from conftest import _env
+    from processes import join_env
 
     from fastmoco.train.loop import Trainer
 
-    _env(rank, world, port)
+    join_env(rank, world, port)
     trainer = Trainer(TrainConfig(**cfg_kw).resolved(), log=lambda *_: None)
     try:
         trainer.fit()
@@ -110,12 +110,12 @@ def _shard_worker(rank, world, port, results, cfg_kw):
 
 @pytest.mark.slow
 def test_two_ranks_train_on_uneven_shards_in_step(tmp_path):
-    from conftest import _spawn
+    from processes import spawn
 
     shards = _shards(tmp_path)  # 48 samples in shards of 10, 10, 10, 10, 8: no equal split by whole shards
     kw = dict(data=shards, loader="torch", workers=0, batch_size=8, epochs=2, image_size=32, knn_k=5, width=4,
               K=64, progress=False, threads=1, out=str(tmp_path / "run"), shard_shuffle=7)
-    res = _spawn(_shard_worker, kw)
+    res = spawn(_shard_worker, kw)
     assert res[0]["steps"] == res[1]["steps"] == 2 * (48 // 2 // 8)  # every rank the same steps: no hang at the end
     for name, value in res[0]["state"].items():  # one model on both ranks
         assert torch.equal(value, res[1]["state"][name]), name
@@ -124,7 +124,7 @@ def test_two_ranks_train_on_uneven_shards_in_step(tmp_path):
 def test_a_failing_monitor_never_costs_the_epoch(tmp_path, monkeypatch):
     """The checkpoint does not depend on the kNN monitor: a monitor that raises leaves one line and the epoch
     saved (it used to crash between training the epoch and writing it)."""
-    from fastmoco.train import checkpoint as ckpt_io
+    from fastmoco.runs import checkpoint as ckpt_io
 
     def broken(*_, **__):
         raise IndexError("index -1 is out of bounds for dimension 0 with size 10")

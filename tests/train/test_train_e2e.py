@@ -8,7 +8,7 @@ import torch
 
 from conftest import FMNIST_DIR, needs_fmnist
 from fastmoco.train import TrainConfig, TrainingDiverged, train
-from fastmoco.train.checkpoint import CheckpointError
+from fastmoco.runs.checkpoint import CheckpointError
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 TINY = dict(data=FMNIST_DIR, subset=2048, batch_size=64, width=8, K=256, epochs=2, lr=0.06, progress=False,

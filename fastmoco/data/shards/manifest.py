@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DataError
+from fastmoco.errors import DataError
 
 FORMAT = "fastmoco-shards/1"
 MANIFEST = "manifest.json"

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 from PIL import Image
 
-from ..errors import DataError
+from fastmoco.errors import DataError
 from ..folder import DECODE_ERRORS, JPEG_TAIL, jpeg_tail_complete, load_rgb, shown_size
 from .manifest import index_path, parse_index
 

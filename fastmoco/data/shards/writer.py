@@ -26,7 +26,7 @@ from multiprocessing import get_all_start_methods, get_context
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import DataError
+from fastmoco.errors import DataError
 from ..folder import list_classes
 from .manifest import FORMAT, INDEX_SUFFIX, INDEX_VERSION, MANIFEST, PLAN_FILE
 

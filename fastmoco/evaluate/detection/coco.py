@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.data.folder import load_8bit
 
 EDGE_SLACK = 1.0  # pixels a box may pass the image edge (rounding in converted sets); more is an error

@@ -13,10 +13,10 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.models import DETECTORS, build_detector
-from fastmoco.train import checkpoint as ckpt_io
-from fastmoco.train.config import ConfigError
+from fastmoco.runs import checkpoint as ckpt_io
+from fastmoco.errors import ConfigError
 
 from .coco import CocoSet, hflip
 from .cocoeval import coco_ap, to_coco_results
@@ -34,9 +34,8 @@ def data_paths(s: DetectSettings, progress: bool) -> tuple:
         return s.train_json, s.train_images, s.val_json, s.val_images
     from fastmoco.data.fmnist import is_fmnist_dir
     from fastmoco.data.scenes import default_scenes_dir, write_scenes
-    from fastmoco.train.config import TrainConfig
+    from fastmoco.runs.config import FMNIST_DIR as fmnist
 
-    fmnist = TrainConfig().data
     if not is_fmnist_dir(fmnist):
         raise DataError(f"the embedded scene set is drawn from Fashion-MNIST, not found at {fmnist} "
                         "(apt-get install dataset-fashion-mnist), or pass --train-json/--train-images/--val-json/"
@@ -268,7 +267,7 @@ def _train_epoch(run: _Run, epoch: int, out: str, bar) -> float:
 
 def run_detect(source: str, s: DetectSettings, log=print) -> dict:
     """Fine-tunes and evaluates a detector from ``source``'s backbone; returns the last evaluation."""
-    from fastmoco.train import distributed
+    from fastmoco.runs import distributed
 
     from .draw import draw_predictions
 

@@ -3,7 +3,8 @@ import math
 from dataclasses import dataclass, fields
 
 from fastmoco.models import ARCHS, DETECTORS, NORMS, STEMS
-from fastmoco.train.config import ConfigError, check_finite
+from fastmoco.errors import ConfigError
+from fastmoco.runs.config import check_finite
 
 RESUME_CHOICES = ("auto", "never")
 CHOICES = {"model": DETECTORS, "norm": NORMS, "resume": RESUME_CHOICES, "arch": tuple(ARCHS), "stem": STEMS}

@@ -4,9 +4,9 @@ state_dict with torchvision names (``export/backbone.pt``, torchvision's own wei
 import os
 from dataclasses import dataclass
 
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.models import ARCHS, STEMS, WideResNet, load_exactly
-from fastmoco.train.config import ConfigError
+from fastmoco.errors import ConfigError
 
 RANDOM = "random"
 
@@ -27,7 +27,7 @@ def _not_wrappable(arch: str, where: str) -> ConfigError:
 
 
 def _from_run(path: str) -> Backbone:
-    from fastmoco.train.export import backbone_state_dict, read_run
+    from fastmoco.runs.read import backbone_state_dict, read_run
 
     state, cfg, meta = read_run(path)
     if cfg.arch not in ARCHS:
@@ -39,9 +39,9 @@ def _from_run(path: str) -> Backbone:
 
 
 def _from_state_dict(state: dict, path: str, stem: str | None) -> Backbone:
-    from fastmoco.convert.official import ConvertError, infer_resnet
-    from fastmoco.convert.vit_layout import is_vit_state_dict
-    from fastmoco.train.export import plain_backbone
+    from fastmoco.errors import ConvertError
+    from fastmoco.models.shape import infer_resnet, is_vit_state_dict
+    from fastmoco.runs.read import plain_backbone
 
     sd = {k.removeprefix("module."): v for k, v in plain_backbone(state).items()}
     if "conv1.weight" not in sd:
@@ -72,7 +72,7 @@ def load_source(source: str, arch: str, width: int, stem: str | None, in_channel
     if os.path.isdir(source):
         return _from_run(source)
     if os.path.isfile(source):
-        from fastmoco.train.export import read_weights
+        from fastmoco.runs.read import read_weights
 
         state = read_weights(source, ConfigError)  # read once; a checkpoint is read again with its own checks
         return _from_run(source) if {"config", "model"} <= set(state) else _from_state_dict(state, source, stem)

@@ -8,10 +8,10 @@ from PIL import Image
 
 from conftest import write_undecodable_png
 from fastmoco.data import FolderData, TensorData, build_data, choose_loader, dali, image_folder
-from fastmoco.data.errors import DataError
+from fastmoco.errors import DataError
 from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD
 from fastmoco.train import TrainConfig
-from fastmoco.train.config import ConfigError
+from fastmoco.runs.config import ConfigError
 
 LEVELS = [8 + 10 * i for i in range(24)]  # one grey level per image: identifies the source of any view
 

@@ -11,9 +11,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import _free_port
+from processes import free_port
 from fastmoco.models import MoCoV3, bn_mlp, build_backbone, build_method
-from fastmoco.train.config import TrainConfig
+from fastmoco.runs.config import TrainConfig
 from fastmoco.train.schedules import momentum_at
 
 
@@ -97,7 +97,7 @@ def _ranks_worker(rank, world, port, results):
 def test_loss_at_two_gloo_ranks_gathers_keys_and_offsets_labels_by_rank():
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_ranks_worker, args=(2, _free_port(), results), nprocs=2)
+        mp.spawn(_ranks_worker, args=(2, free_port(), results), nprocs=2)
         for rank in range(2):
             got, hand, uniform = results[rank]
             assert got == pytest.approx(hand, rel=1e-6)  # labels N*rank + i over the 2N gathered keys

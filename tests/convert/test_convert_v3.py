@@ -14,7 +14,7 @@ from PIL import Image
 
 from fastmoco.convert import ConvertError, export_v3, import_official
 from fastmoco.train import TrainConfig, train
-from fastmoco.train.export import init_backbone, read_run
+from fastmoco.runs.read import init_backbone, read_run
 
 
 def _original_mlp(layers, d_in, hidden, d_out, last_bn):

@@ -12,7 +12,7 @@ from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD, BatchAugment
 from fastmoco.data.view_params import crop_boxes
 from fastmoco.models import MoCo
 from fastmoco.train import ConfigError, TrainConfig
-from fastmoco.train.config import config_from_args
+from fastmoco.cli.train import config_from_args
 from fastmoco.train.preflight import check_image_size
 
 B = 8

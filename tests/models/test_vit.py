@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastmoco.models import build_backbone, build_method, sincos_2d
-from fastmoco.train.config import ConfigError, TrainConfig
+from fastmoco.runs.config import ConfigError, TrainConfig
 
 
 def _hand_sincos(h, w, dim, temperature=1e4):
@@ -167,7 +167,8 @@ def test_a_v3_vit_run_trains_exports_and_its_extractor_matches(tmp_path):
 
     from conftest import FMNIST_DIR
     from fastmoco.train import train
-    from fastmoco.train.export import export_run, load_backbone, load_extractor
+    from fastmoco.runs.read import load_backbone
+    from fastmoco.convert.extractor import export_run, load_extractor
 
     if not os.path.isdir(FMNIST_DIR):
         pytest.skip("apt-get install dataset-fashion-mnist")

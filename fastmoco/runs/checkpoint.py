@@ -16,18 +16,12 @@ import random
 import re
 import warnings
 import zipfile
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit this run; the CLI prints it as one line."""
-
-
-class UnsafeCheckpoint(CheckpointError):
-    """A file whose unpickling would build arbitrary objects: refused, never a reason to fall back to prev.pt
-    (someone wrote it there)."""
+from fastmoco.errors import CheckpointError, UnsafeCheckpoint
 
 
 def rng_state() -> dict:
@@ -197,3 +191,17 @@ def resolve_resume(resume: str | None, out: str) -> str | None:
     if not os.path.isfile(resume):
         raise CheckpointError(f"--resume: checkpoint not found: {resume}")
     return resume
+
+
+def build_payload(model, optimizer, scaler, pos, cfg, requested: dict, data_meta: dict, world: int) -> dict:
+    """A training checkpoint's contents. ``config``: the settings the run used (device defaults filled in);
+    ``requested_config``: before the device defaults, what a resume on other hardware starts from."""
+    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                epoch=pos.epoch, position=asdict(pos), rng=rng_state(), config=cfg.to_dict(),
+                requested_config=requested, data=data_meta, world_size=world)
+
+
+def imported_payload(model_state: dict, cfg, data_meta: dict, imported: dict) -> dict:
+    """A checkpoint of weights brought in from elsewhere (fastmoco-convert import): the model and the settings
+    that describe it, no optimizer or position (it starts runs with --init, it does not resume)."""
+    return dict(model=model_state, config=cfg.to_dict(), data=data_meta, imported=imported)

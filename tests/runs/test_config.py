@@ -1,6 +1,7 @@
 import pytest
 
-from fastmoco.train.config import ConfigError, TrainConfig, build_parser, config_from_args
+from fastmoco.cli.train import build_parser, config_from_args
+from fastmoco.runs.config import ConfigError, TrainConfig
 
 
 def test_default_is_the_tuned_fashion_mnist_recipe():

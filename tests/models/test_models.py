@@ -3,8 +3,8 @@ import torch
 import torchvision
 
 from fastmoco.models import MoCo, SplitBatchNorm2d, WideResNet, build_backbone
-from fastmoco.train.config import TrainConfig
-from fastmoco.train.export import backbone_state_dict
+from fastmoco.runs.config import TrainConfig
+from fastmoco.runs.read import backbone_state_dict
 
 
 def _moco(**kw):

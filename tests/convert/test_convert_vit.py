@@ -17,7 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from fastmoco.convert import ConvertError, export_v3, import_official, timm_export
 from fastmoco.models import build_backbone, build_method
 from fastmoco.train import TrainConfig
-from fastmoco.train.export import init_backbone, load_backbone, read_run
+from fastmoco.runs.read import init_backbone, load_backbone, read_run
 
 from test_convert_v3 import _original_mlp, fill_distinct, save_original_v3
 

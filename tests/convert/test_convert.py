@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from fastmoco.convert import ConvertError, detectron2_key, import_official, to_detectron2, to_torchvision
-from fastmoco.train.export import load_backbone
+from fastmoco.runs.read import load_backbone
 
 
 def _official(tmp_path, arch="resnet50", version="v2", dim=128, K=1024, prefix="module.", name="moco.pth.tar"):
@@ -156,8 +156,8 @@ def test_small_run_has_no_torchvision_counterpart(tmp_path):
 def test_imported_run_starts_training_with_init_but_does_not_resume(tmp_path):
     from fastmoco.models import MoCo
     from fastmoco.train import TrainConfig
-    from fastmoco.train.checkpoint import CheckpointError
-    from fastmoco.train.export import init_backbone
+    from fastmoco.runs.checkpoint import CheckpointError
+    from fastmoco.runs.read import init_backbone
     from fastmoco.train.state import restore
 
     path, net = _official(tmp_path, "resnet18", "v2")
@@ -173,7 +173,7 @@ def test_imported_run_starts_training_with_init_but_does_not_resume(tmp_path):
     with pytest.raises(CheckpointError, match="start a new run from them with --init"):
         restore(state, model, None, None, str(tmp_path / "run" / "last.pt"))
     from fastmoco.evaluate.lincls import LinclsSettings, run_lincls
-    from fastmoco.train.config import ConfigError
+    from fastmoco.runs.config import ConfigError
     with pytest.raises(ConfigError, match="holds imported weights without a dataset: pass --data"):
         run_lincls(str(tmp_path / "run"), LinclsSettings(progress=False))
     small = MoCo.from_config(TrainConfig(arch="resnet18", width=16, K=64, batch_size=4, bn_splits=1).resolved(), 3)
@@ -208,7 +208,8 @@ def test_a_tensor_of_the_wrong_shape_or_a_queue_of_the_wrong_width_is_one_line(t
 
 
 def test_init_from_an_imported_run_takes_its_architecture(tmp_path):
-    from fastmoco.train.config import ConfigError, config_from_args
+    from fastmoco.runs.config import ConfigError
+    from fastmoco.cli.train import config_from_args
 
     path, _ = _official(tmp_path, "resnet18", "v1")
     import_official(path, str(tmp_path / "run"))

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from fastmoco.train.config import config_from_args
+from fastmoco.cli.train import config_from_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """``TrainConfig``: the one dataclass behind ``fastmoco-train``'s flags and ``--config FILE.yaml``.
 
-Precedence: dataclass defaults < preset (v1/v2, for the fields left unset) < YAML file < command-line flags.
-The resolved config (every field filled) is written to ``OUT/config.yaml``.
+Precedence: dataclass defaults < preset (for the fields left unset) < the run --resume / --init names < YAML file
+< command-line flags (the command line itself is built in ``fastmoco.cli.train``). The resolved config (every
+field filled) is written to ``OUT/config.yaml``.
 """
-import argparse
 import dataclasses
 import math
 import os
@@ -12,12 +12,10 @@ from typing import Optional
 
 import yaml
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+from fastmoco.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the CLI prints it as one line."""
-
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist: the embedded default
+OPTIMIZERS = ("sgd", "lars", "adamw")  # each built in fastmoco.train.optim
 
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 # Defaults that depend on the device, for the fields left unset (None). CPU: fp32 (bf16 autocast measured ~4.5x
@@ -260,8 +258,6 @@ class TrainConfig:
         from fastmoco.data import LOADERS
         from fastmoco.models import ARCHS, HEADS, METHODS, STEMS, VITS, known_arch
 
-        from .optim import OPTIMIZERS
-
         def need(ok: bool, msg: str):
             if not ok:
                 raise ConfigError(msg)
@@ -409,30 +405,7 @@ def resume_changes(saved: dict, cfg: "TrainConfig", imported: bool = False) -> l
     return changes
 
 
-def _resumed_settings(overrides: dict) -> dict:
-    """With --resume, the checkpoint's settings for every field the command line and YAML leave unset."""
-    from . import checkpoint as ckpt_io
-
-    out = overrides.get("out", TrainConfig.out)
-    path = ckpt_io.resolve_resume(overrides.get("resume"), out)
-    if not path:
-        return {}
-    state = ckpt_io.load(path, fallback=True)
-    saved = state.get("requested_config") or state.get("config", {})  # an imported run has only its config
-    return {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__ and k not in NOT_COMPARED
-            and not (k in IMPORT_UNSET and v == "")}
-
-
-def _init_settings(overrides: dict) -> dict:
-    """With --init of a fastmoco run or checkpoint, its backbone's shape for the fields left unset."""
-    if not overrides.get("init"):
-        return {}
-    from .export import init_settings
-
-    return init_settings(overrides["init"])
-
-
-def _base_type(f):
+def base_type(f):
     """The Python type a field holds (Optional[...] unwrapped)."""
     name = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
     name = name[len("Optional["):-1] if name.startswith("Optional[") else name
@@ -442,7 +415,7 @@ def _base_type(f):
 def _check_types(cfg) -> None:
     """YAML and Python callers can pass anything: a string where a bool belongs must not turn an option on."""
     for f in fields(cfg):
-        value, want = getattr(cfg, f.name), _base_type(f)
+        value, want = getattr(cfg, f.name), base_type(f)
         if value is None and "Optional" in str(f.type):
             continue
         ok = (isinstance(value, bool) if want is bool else
@@ -457,26 +430,3 @@ def check_finite(name: str, value) -> None:
     """NaN and infinity pass every ``x > 0`` style check the wrong way (nan <= 0 is False): refuse them first."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value}")
-
-
-def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
-    """argparse generated from TrainConfig: one ``--flag-name`` per field, defaults shown from the dataclass."""
-    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, "
-                                "CPU-sized).",
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
-        if _base_type(f) is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
-        else:
-            p.add_argument(flag, dest=f.name, type=_base_type(f), help=help_, metavar=f.name.upper())
-    return p
-
-
-def config_from_args(argv=None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    overrides = TrainConfig.from_yaml(args.pop("config")) if "config" in args else {}
-    overrides.update(args)
-    return TrainConfig(**{**_resumed_settings(overrides), **_init_settings(overrides), **overrides}).resolved()

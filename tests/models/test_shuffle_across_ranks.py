@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastmoco.models.moco import gather_keys
+from fastmoco.models.shuffle import gather_keys
 
 
 def _worker(rank, world, port, results):

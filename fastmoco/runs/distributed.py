@@ -1,4 +1,5 @@
-"""The process group (torchrun / torch.distributed) and the cross-process shuffle-BN.
+"""The process group (torchrun / torch.distributed): joining it, one device per process, and the collectives
+every command uses to decide together.
 
 ``fastmoco-train`` under ``torchrun --nproc_per_node=N`` reads RANK, WORLD_SIZE and LOCAL_RANK from the
 environment, joins the group (NCCL on CUDA, gloo on CPU) and takes one device per process (cuda:LOCAL_RANK).
@@ -11,10 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fastmoco.models.moco import gather_keys
-
-from .checkpoint import CheckpointError
-from .config import ConfigError
+from fastmoco.errors import CheckpointError, ConfigError
 
 # What ``together`` hands from rank to rank: the errors the CLI prints as one line (ConfigError and DataError are
 # ValueErrors). Anything else is a bug and keeps its traceback.
@@ -174,29 +172,3 @@ def setup(device: str = "auto", timeout_min: float = 30.0) -> ProcessGroup:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-class CrossRankShuffle:
-    """Shuffle-BN across processes (MoCo's BN guard): the key batch of all ranks is gathered, permuted with one
-    permutation that rank 0 draws and broadcasts, and each rank encodes its slice, so a key's BN statistics come
-    from other images than its query's. ``undo`` gathers the encoded keys and returns this rank's own rows in
-    their original order.
-
-    Plugs into ``MoCo.key_shuffle`` (the same interface as the one-process ``LocalShuffle``).
-    """
-
-    def __call__(self, x: torch.Tensor):
-        rank, world, n = dist.get_rank(), dist.get_world_size(), x.shape[0]
-        x_all = gather_keys(x)  # (W*N, C, H, W)
-        if rank == 0:
-            perm = torch.randperm(world * n, device=x.device)  # (W*N,)
-        else:
-            perm = torch.empty(world * n, dtype=torch.long, device=x.device)
-        dist.broadcast(perm, src=0)
-        mine = perm.view(world, n)[rank]  # (N,) rows of x_all this rank encodes
-        own_rows = torch.argsort(perm).view(world, n)[rank]  # (N,) where this rank's images sit in the shuffle
-
-        def undo(k: torch.Tensor) -> torch.Tensor:
-            return gather_keys(k)[own_rows]  # (N, dim) this rank's keys, original order
-
-        return x_all[mine], undo

@@ -14,7 +14,7 @@ from fastmoco.cli import convert as convert_cli
 from fastmoco.cli import export as export_cli
 from fastmoco.cli import lincls as lincls_cli
 from fastmoco.cli import train as train_cli
-from fastmoco.train import checkpoint as ckpt_io
+from fastmoco.runs import checkpoint as ckpt_io
 
 
 class _Planted:
@@ -103,7 +103,7 @@ def test_fastmocos_own_checkpoint_contents_load_safely(tmp_path):
 
 _LIMITED_WRITE = """
 import resource, sys, torch
-from fastmoco.train import checkpoint as ckpt_io
+from fastmoco.runs import checkpoint as ckpt_io
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))  # 64 KiB per file (Python ignores SIGXFSZ)
 try:
     ckpt_io.save_atomic({"w": torch.zeros(1 << 16)}, sys.argv[1], keep_previous=True)
