@@ -54,8 +54,22 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _import_torch_whole() -> None:
+    """torch imported with SIGINT held back: a Ctrl-C that lands inside torch's native initialisation can abort
+    the process (a C++ exception through pybind11, exit -6) or kill it by the signal (-2) instead of raising
+    KeyboardInterrupt. Held back, it is delivered when the import is done, as a KeyboardInterrupt."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def run_cli(prog: str, fn, argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:  # every import of torch happens inside: an early Ctrl-C is one line too
+        if not {"-h", "--help"} & set(args):  # help needs no torch
+            _import_torch_whole()
         fn(argv)
         return 0
     except KeyboardInterrupt:
