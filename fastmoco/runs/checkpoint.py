@@ -193,12 +193,17 @@ def resolve_resume(resume: str | None, out: str) -> str | None:
     return resume
 
 
-def build_payload(model, optimizer, scaler, pos, cfg, requested: dict, data_meta: dict, world: int) -> dict:
+def build_payload(model, optimizer, scaler, pos, cfg, requested: dict, data_meta: dict, world: int,
+                  guard: dict | None = None) -> dict:
     """A training checkpoint's contents. ``config``: the settings the run used (device defaults filled in);
-    ``requested_config``: before the device defaults, what a resume on other hardware starts from."""
-    return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                epoch=pos.epoch, position=asdict(pos), rng=rng_state(), config=cfg.to_dict(),
-                requested_config=requested, data=data_meta, world_size=world)
+    ``requested_config``: before the device defaults, what a resume on other hardware starts from; ``guard``: the
+    loss guard's state (its band, counters and the snapshot a rollback returns to), when the guard is on."""
+    payload = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                   epoch=pos.epoch, position=asdict(pos), rng=rng_state(), config=cfg.to_dict(),
+                   requested_config=requested, data=data_meta, world_size=world)
+    if guard is not None:
+        payload["guard"] = guard
+    return payload
 
 
 def imported_payload(model_state: dict, cfg, data_meta: dict, imported: dict) -> dict:

@@ -35,6 +35,8 @@ DEVICE_DEFAULTS = {
 # (84.57 vs 83.07 % at 2 epochs). It trains at 36 px (the 28 px images upsampled): larger feature maps beat more
 # epochs at 28 px per minute of CPU (86.93 % kNN at 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one
 # seed each; RESULTS.md section 2.5). "fmnist-v3" is MoCo v3 sized the same way (RESULTS.md section 10).
+GUARD_K = 6.0  # a healthy default run strayed at most 4.05 MADs from its band (benchmarks/RESULTS.md 14.2)
+GUARDS = ("on", "off")
 QUEUE_K = 1024  # the queue size field's default: v3, which has no queue, refuses any other value
 _QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False, m_schedule="const",
               optimizer="sgd", lr=0.06, lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
@@ -196,6 +198,19 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata=dict(help="stop after this many steps in total (0 = no limit)"))
     save_every_min: float = field(default=0.0, metadata=dict(
         help="also checkpoint inside an epoch every M minutes (0 = at epoch ends only)"))
+    # the guard (fastmoco.train.guard): skip non-finite steps on the device, roll a loss spike back
+    guard: str = field(default="on", metadata=dict(
+        help="on: a step with a non-finite loss or gradients is skipped on every process, and a loss spike rolls "
+             "the run back to its last good state with a cooled-down lr | off: stop at the first non-finite loss"))
+    guard_k: float = field(default=GUARD_K, metadata=dict(
+        help="guard: a checked loss above median + k x MAD of the recent ones is a spike"))
+    guard_window: int = field(default=50, metadata=dict(help="guard: checked losses the band is computed over"))
+    guard_snapshot_every: int = field(default=50, metadata=dict(
+        help="guard: steps between the in-memory snapshots a rollback returns to (taken while the loss is calm)"))
+    guard_cooldown_steps: int = field(default=100, metadata=dict(help="guard: steps at the lowered lr after a rollback"))
+    guard_cooldown_lr: float = field(default=0.1, metadata=dict(help="guard: lr factor during the cool-down"))
+    guard_max_recoveries: int = field(default=3, metadata=dict(
+        help="guard: rollbacks allowed in a run; one more stops it, naming the step and the cause"))
 
     # -- resolution and checks -------------------------------------------------------------------------------
     def resolved(self) -> "TrainConfig":
@@ -301,6 +316,13 @@ class TrainConfig:
         need(self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}")
         need(self.lr_ref_batch >= 0, f"lr_ref_batch must be >= 0, got {self.lr_ref_batch}")
         need(self.save_every_min >= 0, f"save_every_min must be >= 0, got {self.save_every_min}")
+        need(self.guard in GUARDS, f"unknown guard {self.guard!r}; choose one of {list(GUARDS)}")
+        need(self.guard_k > 0, f"guard_k must be > 0, got {self.guard_k}")
+        need(self.guard_window >= 5, f"guard_window must be >= 5 checked losses, got {self.guard_window}")
+        need(self.guard_snapshot_every >= 1, f"guard_snapshot_every must be >= 1, got {self.guard_snapshot_every}")
+        need(self.guard_cooldown_steps >= 0, f"guard_cooldown_steps must be >= 0, got {self.guard_cooldown_steps}")
+        need(0 < self.guard_cooldown_lr <= 1, f"guard_cooldown_lr must be in (0, 1], got {self.guard_cooldown_lr}")
+        need(self.guard_max_recoveries >= 0, f"guard_max_recoveries must be >= 0, got {self.guard_max_recoveries}")
         need(self.compile_mode in COMPILE_MODES,
              f"unknown compile_mode {self.compile_mode!r}; choose one of {list(COMPILE_MODES)}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")

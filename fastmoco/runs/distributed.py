@@ -46,6 +46,15 @@ class ProcessGroup:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        """A 0-d bool device tensor, true when it is true on every rank (an all-reduce on the device: no host
+        sync)."""
+        if not self.distributed:
+            return flag
+        t = flag.to(torch.int32).reshape(1)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t[0].bool()
+
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the ranks."""
         if not self.distributed:

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from fastmoco.data import build_data
+from fastmoco.data.shards.manifest import is_shards
 from fastmoco.models import build_method
 
 from fastmoco.errors import ConfigError, TrainingDiverged
@@ -28,11 +29,13 @@ from fastmoco.runs.directory import RunLock
 from fastmoco.runs.read import init_backbone
 
 from . import preflight
+from .guard import GuardSettings, SpikeGuard
 from .metrics import Metrics
 from .optim import build_optimizer
 from .schedules import lr_factor, momentum_at
 from .state import Position, RunStopped, SaveTimer, StopRequest, restore
 from .step import MocoStep
+from .timing import StepTimes, data_hint
 
 
 def _seed_all(seed: int):
@@ -83,10 +86,14 @@ class Trainer:
         self.milestones = cfg.milestones()
         self.optimizer = build_optimizer(cfg, self.model.query_network().parameters(), self.base_lr)
         self.step = MocoStep(self.model, self.optimizer, cfg, self.pg)
+        self.guard = (SpikeGuard(GuardSettings.from_config(cfg), self.model, self.optimizer, self.step.scaler,
+                                 checkpoint_path(cfg.out)) if cfg.guard == "on" else None)
+        self.times = StepTimes(self.pg.device)
         self.pos = Position()
         if resume_path:  # every rank loads the same file, before DDP's first step
             self.pos = self.pg.together(lambda: restore(state, self.model, self.optimizer, self.step.scaler,
                                                         resume_path))
+            self._restore_guard(state)
             fresh = " (imported weights: the optimizer state starts afresh)" if "imported" in state else ""
             del state
             self.log(f"resumed from {resume_path} at epoch {self.pos.epoch + 1}, sample {self.pos.samples}{fresh}")
@@ -99,6 +106,14 @@ class Trainer:
                               raw_shape=self.data.raw_shape, mean=self.data.mean, std=self.data.std)
         # reading the loss is a host sync: every step where that is free (CPU), every 20 steps on CUDA
         self.check_every = 1 if self.pg.device.type == "cpu" else 20
+
+    def _restore_guard(self, state: dict) -> None:
+        """The guard where the checkpoint left it (a run resumed after a recovery recovers as the uninterrupted
+        one would); a checkpoint without one (guard off then, or older) starts the guard afresh."""
+        if self.guard is not None and state.get("guard"):
+            self.guard.load_state_dict(state["guard"])
+        if self.step.transaction is not None:
+            self.step.transaction.skipped.fill_(self.pos.skipped)
 
     # -- start-up ----------------------------------------------------------------------------------------------
     def _claim_out(self, resume) -> str | None:
@@ -154,21 +169,26 @@ class Trainer:
     def _set_lr(self, t: float, dt: float) -> float:
         cfg = self.cfg
         lr = self.base_lr * lr_factor(t, dt, cfg.epochs, cfg.warmup_epochs, cfg.schedule, self.milestones)
+        if self.guard is not None:
+            lr *= self.guard.lr_factor()  # the cool-down after a rollback
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def _save(self, loss_sum: torch.Tensor | None = None) -> str:
+    def _save(self, loss_sum: torch.Tensor | None = None, loss_steps: torch.Tensor | None = None) -> str:
         """Every rank calls it; rank 0 writes, and a failed write (a full disk) stops every rank with its line."""
         path = checkpoint_path(self.cfg.out)
         if loss_sum is not None:
-            self.pos.loss_sum = float(loss_sum)
+            self.pos.loss_sum, self.pos.loss_steps = float(loss_sum), int(loss_steps)
+        if self.step.transaction is not None:
+            self.pos.skipped = int(self.step.transaction.skipped)
 
         def write():
             pos = dataclasses.replace(self.pos, elapsed_s=self.pos.elapsed_s + time.time() - self.t_run)
+            guard = self.guard.state_dict() if self.guard is not None else None
             ckpt_io.save_atomic(build_payload(self.model, self.optimizer, self.step.scaler, pos, self.cfg,
-                                              self.requested, self.data_meta, self.pg.world), path,
+                                              self.requested, self.data_meta, self.pg.world, guard), path,
                                 keep_previous=True)
 
         self.pg.together(write, main_only=True)
@@ -176,53 +196,83 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------------------------
     def _checks(self, loss: torch.Tensor, stop: StopRequest, timer: SaveTimer):
-        """The step's loss (a host sync) and, agreed by all ranks in one all-reduce: loss non-finite on any rank,
-        stop requested on any rank, mid-epoch save due on any rank."""
-        value = loss.item()
-        return value, self.pg.any_of([not math.isfinite(value), stop.requested, timer.due()])
+        """The step's loss and the guard's skip count (one host sync) and, agreed by all ranks in one all-reduce:
+        loss non-finite on any rank, stop requested on any rank, mid-epoch save due on any rank."""
+        tr = self.step.transaction
+        if tr is None:
+            value, skipped = loss.item(), 0
+        else:
+            value, skipped = torch.stack([loss.double(), tr.skipped.double()]).tolist()
+        return value, int(skipped), self.pg.any_of([not math.isfinite(value), stop.requested, timer.due()])
+
+    def _guard_check(self, value: float, skipped: int) -> None:
+        """The guard's view of this check: the loss averaged over the ranks (so every rank decides alike); a
+        rollback is logged and counted, too many stop the run."""
+        pos = self.pos
+        line = self.guard.check(pos.step, self.pg.mean(value), skipped)
+        pos.skipped = skipped
+        if line:
+            self.log(line)
+            if self.metrics:
+                self.metrics.event(pos.step, "recoveries", self.guard.recoveries)
 
     def _run_epoch(self, epoch: int, stop: StopRequest, timer: SaveTimer) -> str:
         """Trains from the position's sample to the epoch's end; returns 'epoch', 'max_steps' or raises."""
-        cfg, pos = self.cfg, self.pos
+        cfg, pos, times = self.cfg, self.pos, self.times
         steps = self.data.steps(pos.samples)
         batches = iter(self.data.epoch(epoch, pos.samples))
         loss_sum = torch.full((), pos.loss_sum, device=self.pg.device)
+        loss_steps = torch.full((), pos.loss_steps, device=self.pg.device)  # steps in the mean (skipped ones not)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.pg.is_main),
                    dynamic_ncols=True, leave=False, mininterval=0.5)
         t_epoch, seen = time.time(), 0
+        times.reset()
         for i in range(steps):
+            times.start(pos.step)
             micro = [next(batches) for _ in range(cfg.accum_steps)]
+            times.mark("data")
             t, dt = self._progress()
             lr = self._set_lr(t, dt)
-            loss = self.step(micro, momentum_at(t, cfg.epochs, cfg.m, cfg.m_schedule))
-            loss_sum += loss.float()
+            loss = self.step(micro, momentum_at(t, cfg.epochs, cfg.m, cfg.m_schedule), times)
+            if self.step.ok is None:
+                loss_sum += loss.float()
+                loss_steps += 1
+            else:  # a skipped step's loss is not part of the epoch's mean
+                loss_sum += torch.where(self.step.ok, loss.float(), 0.0)
+                loss_steps += self.step.ok.to(loss_steps.dtype)
             pos.samples += self.data.samples_per_step
             pos.step += 1
-            pos.loss_steps += 1
             seen += self.data.samples_per_step
+            if self.guard is not None:
+                self.guard.stepped()
             bar.update()
-            if i % self.check_every == 0 or i == steps - 1:
-                value, (bad, stopping, save_due) = self._checks(loss, stop, timer)
-                if bad:
+            if pos.step % self.check_every == 0 or i == steps - 1:
+                value, skipped, (bad, stopping, save_due) = self._checks(loss, stop, timer)
+                if self.guard is not None:
+                    self._guard_check(value, skipped)
+                elif bad:
                     raise TrainingDiverged(
                         f"loss became {value} at epoch {epoch + 1}, step {pos.step}; stopped, last good checkpoint "
-                        f"kept ({checkpoint_path(cfg.out)}); lower --lr or check the data")
+                        f"kept ({checkpoint_path(cfg.out)}); lower --lr or check the data (or train with --guard on)")
                 if self.metrics:
                     self.metrics.step(pos.step, value, lr)
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", pairs_s=f"{seen / (time.time() - t_epoch):.0f}",
                                 refresh=False)  # drawn at the bar's own pace (mininterval), not every step
                 if stopping:
                     bar.close()
-                    raise RunStopped(stop.signal or "a stop request on another process", self._save(loss_sum), pos)
+                    raise RunStopped(stop.signal or "a stop request on another process",
+                                     self._save(loss_sum, loss_steps), pos)
                 if save_due and i < steps - 1:
-                    self._save(loss_sum)
+                    self._save(loss_sum, loss_steps)
                     timer.reset()
+            times.mark("checks")
             if cfg.max_steps and pos.step >= cfg.max_steps and i < steps - 1:
                 bar.close()
-                self._save(loss_sum)
+                self._save(loss_sum, loss_steps)
                 return "max_steps"
         bar.close()
         next(batches, None)  # lets the epoch's source finish: its end-of-epoch report (replaced images) runs
+        pos.loss_steps = int(loss_steps)
         self.epoch_loss = float(loss_sum) / max(pos.loss_steps, 1)
         self.epoch_loss = self.pg.mean(self.epoch_loss)
         self.epoch_pairs_s = seen * self.pg.world / (time.time() - t_epoch)
@@ -266,11 +316,21 @@ class Trainer:
                    lr=self.optimizer.param_groups[0]["lr"], momentum=momentum_at(t, cfg.epochs, cfg.m,
                                                                                  cfg.m_schedule),
                    knn_top1="" if knn is None else round(knn, 2), pairs_per_s=round(self.epoch_pairs_s, 1),
-                   elapsed_s=round(elapsed, 1))
+                   elapsed_s=round(elapsed, 1), skipped_steps=pos.skipped,
+                   recoveries=self.guard.recoveries if self.guard is not None else "")
+        shares = self.times.shares()
+        if shares:
+            row.update({f"time_{p}": round(100 * v, 1) for p, v in shares.items()})
         self.metrics.epoch(row)
         pos.history = self.metrics.history
         self.log(f"epoch {epoch + 1}/{cfg.epochs}  loss {self.epoch_loss:.4f}  {self.epoch_pairs_s:.0f} pairs/s"
-                 + (f"  kNN {knn:.2f} %" if knn is not None else ""))
+                 + (f"  kNN {knn:.2f} %" if knn is not None else "")
+                 + (f"  ({pos.skipped} non-finite steps skipped so far)" if pos.skipped else ""))
+        if shares:
+            self.log("  " + self.times.line(shares))
+            hint = data_hint(shares, self.data.loader, cfg.workers, is_shards(cfg.data))
+            if hint:
+                self.log("  " + hint)
 
     # -- the run -----------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -279,6 +339,8 @@ class Trainer:
         if self.pg.is_main and self.knn_sets is None:
             self.log(self.data.monitor_off())
         stop, timer = StopRequest(), SaveTimer(cfg.save_every_min)
+        if self.guard is not None:
+            self.guard.start(self.pos.step)
         self.t_run = time.time()
         knn = None
         if self._nothing_left():

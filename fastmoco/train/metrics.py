@@ -2,7 +2,12 @@
 import csv
 import os
 
-COLUMNS = ["epoch", "step", "loss", "lr", "momentum", "knn_top1", "pairs_per_s", "elapsed_s"]
+from .timing import PHASES
+
+# time_*: each phase's share (%) of the sampled steps' time (timing.py); skipped_steps and recoveries: the guard's
+# run totals (guard.py)
+COLUMNS = (["epoch", "step", "loss", "lr", "momentum", "knn_top1", "pairs_per_s", "elapsed_s", "skipped_steps",
+            "recoveries"] + [f"time_{p}" for p in PHASES])
 
 
 class Metrics:
@@ -27,15 +32,24 @@ class Metrics:
             self.tb.add_scalar("train/loss", loss, step)
             self.tb.add_scalar("train/lr", lr, step)
 
+    def event(self, step: int, name: str, value: float) -> None:
+        """A count that changed at ``step`` (the guard's recoveries), as a TensorBoard scalar."""
+        if self.tb:
+            self.tb.add_scalar(f"guard/{name}", value, step)
+            self.tb.flush()
+
     def epoch(self, row: dict) -> None:
         row = {c: row.get(c, "") for c in COLUMNS}
         self.history.append(row)
         with open(self.csv_path, "a", newline="") as fh:
             csv.DictWriter(fh, COLUMNS).writerow(row)
         if self.tb:
-            for key in ("loss", "knn_top1", "pairs_per_s"):
+            for key in ("loss", "knn_top1", "pairs_per_s", "skipped_steps", "recoveries"):
                 if row[key] != "":
                     self.tb.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+            for p in PHASES:
+                if row[f"time_{p}"] != "":
+                    self.tb.add_scalar(f"time_share/{p}", row[f"time_{p}"], row["epoch"])
             self.tb.flush()
 
     def plot(self) -> str:

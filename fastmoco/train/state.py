@@ -22,6 +22,7 @@ class Position:
     loss_steps: int = 0
     history: list = field(default_factory=list)  # metrics rows of finished epochs
     elapsed_s: float = 0.0  # training time before this process started
+    skipped: int = 0  # steps the guard skipped in the whole run (a non-finite loss or gradients)
 
 
 def restore(state: dict, model, optimizer, scaler, path: str) -> Position:

@@ -77,9 +77,9 @@ def test_the_trainer_applies_warmup_and_cosine_momentum_per_step(tmp_path, monke
     seen = []
     real = MocoStep.__call__
 
-    def spy(self, micro, momentum):
+    def spy(self, micro, momentum, times=None):
         seen.append((self.optimizer.param_groups[0]["lr"], momentum))
-        return real(self, micro, momentum)
+        return real(self, micro, momentum, times)
 
     monkeypatch.setattr(MocoStep, "__call__", spy)
     train(TrainConfig(data=FMNIST_DIR, subset=256, batch_size=32, width=4, K=64, epochs=2, lr=0.1,

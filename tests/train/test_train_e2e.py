@@ -48,7 +48,15 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, cut_at):
     assert a["position"]["history"][-1]["loss"] == b["position"]["history"][-1]["loss"]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+# guard off: the first non-finite loss stops the run; guard on: every step is skipped, three rollbacks each
+# meet NaN again, and the fourth is refused
+NAN_STOPS = {"off": "loss became nan at epoch 2, step 33; stopped, last good",
+             "on": r"step 44: 1 step\(s\) with a non-finite loss or gradients skipped; 3 of the last 3 checks flagged: a "
+                   r"rollback beyond the 3 that --guard-max-recoveries allows; stopped, last good checkpoint kept"}
+
+
+@pytest.mark.parametrize("guard", ["off", "on"])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, guard):
     out = tmp_path / "nan"
     train(_cfg(out, epochs=1), log=lambda *_: None)
     good = (out / "last.pt").read_bytes()
@@ -61,8 +69,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss * float("nan"), keys
 
     monkeypatch.setattr(MoCo, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 33; stopped, last good"):
-        train(_cfg(out, epochs=2, resume="auto"), log=lambda *_: None)
+    with pytest.raises(TrainingDiverged, match=NAN_STOPS[guard]):
+        train(_cfg(out, epochs=2, resume="auto", guard=guard), log=lambda *_: None)
     assert (out / "last.pt").read_bytes() == good
 
 
