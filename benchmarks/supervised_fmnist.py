@@ -34,8 +34,12 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
-def train_supervised(run_dir: str, out: str, seconds: float, seed: int = 0) -> dict:
+def train_supervised(run_dir: str, out: str, seconds: float, seed: int = 0, classes: str | None = None) -> dict:
+    """``classes``: the class subset to train on (comma-separated names or indices); default: the MoCo run's own
+    (``--classes`` of its config), so both backbones saw the same images."""
     from fastmoco.data import load_fmnist
+    from fastmoco.data.classes import select_classes
+    from fastmoco.data.fmnist import CLASSES
     from fastmoco.models import WideResNet
     from fastmoco.runs.checkpoint import save_atomic
     from fastmoco.runs.read import read_run
@@ -46,6 +50,11 @@ def train_supervised(run_dir: str, out: str, seconds: float, seed: int = 0) -> d
     fc = torch.nn.Linear(net.feat_dim, 10)
     images, labels = load_fmnist(cfg.data, train=True)
     test_x, test_y = load_fmnist(cfg.data, train=False)
+    spec = getattr(cfg, "classes", "") if classes is None else classes
+    if spec:
+        ids = torch.tensor(select_classes(spec, CLASSES, "Fashion-MNIST"))
+        keep, keep_test = torch.isin(labels, ids), torch.isin(test_y, ids)
+        images, labels, test_x, test_y = images[keep], labels[keep], test_x[keep_test], test_y[keep_test]
     mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
     norm = lambda x: (x.float() / 255 - mean) / std  # noqa: E731
@@ -90,8 +99,10 @@ def main() -> int:
     p.add_argument("out")
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", default=None, help="class subset (default: the MoCo run's --classes)")
     a = p.parse_args()
-    print(json.dumps(train_supervised(a.run_dir, a.out, a.seconds or run_seconds(a.run_dir), a.seed)), flush=True)
+    print(json.dumps(train_supervised(a.run_dir, a.out, a.seconds or run_seconds(a.run_dir), a.seed, a.classes)),
+          flush=True)
     return 0
 
 

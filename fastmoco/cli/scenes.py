@@ -6,6 +6,8 @@ from fastmoco.cli import run_cli
 
 
 def _scenes(argv):
+    from fastmoco.data.classes import select_classes
+    from fastmoco.data.fmnist import CLASSES
     from fastmoco.data.scenes import SceneSpec, write_scenes
     from fastmoco.runs.config import FMNIST_DIR
 
@@ -19,9 +21,12 @@ def _scenes(argv):
     p.add_argument("--scale", type=float, nargs=2, default=d.scale, metavar=("MIN", "MAX"),
                    help="item side as a multiple of 28 px")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--classes", default="", help="draw items of these classes only: comma-separated Fashion-MNIST "
+                   "class names or indices (the categories keep their ids); default: all ten")
     p.add_argument("--fmnist", default=FMNIST_DIR, help="Fashion-MNIST folder")
     a = p.parse_args(argv)
-    spec = SceneSpec(a.train, a.val, a.size, tuple(a.items), tuple(a.scale), a.seed)
+    classes = tuple(select_classes(a.classes, CLASSES, "Fashion-MNIST")) if a.classes else ()
+    spec = SceneSpec(a.train, a.val, a.size, tuple(a.items), tuple(a.scale), a.seed, classes)
     print(write_scenes(a.out, a.fmnist, spec))
 
 

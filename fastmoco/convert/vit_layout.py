@@ -8,33 +8,12 @@ table against the sin-cos one and drops it; writing one adds it for the run's pa
 heads is not in the weights: a checkpoint's ViT is matched to fastmoco's by patch, width and depth, and takes that
 ViT's heads (12 for ViT-S/16 and ViT-B/16, as the original defines them).
 """
-import math
-
-import torch
-
 from fastmoco.models import VITS, pos_embed_table
+from fastmoco.models.shape import drop_pos_embed  # noqa: F401 - read here by the converters
 
 # fastmoco's ViT -> the timm model whose defaults it overrides (timm's ViT-S/16 has 6 heads; the original has 12)
 TIMM_NAMES = {"vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224",
               "vit_fmnist": "vit_small_patch16_224"}
-POS_EMBED_ATOL = 1e-5  # a float32 sin-cos table written by another implementation agrees to ~1e-7
-
-
-def drop_pos_embed(sd: dict, where: str, error) -> dict:
-    """``sd`` without its ``pos_embed`` (``where`` names it in messages), refused when the stored table is not the fixed sin-cos one (a learned
-    embedding, or one with a class-token entry, which fastmoco's ViTs do not have)."""
-    if "pos_embed" not in sd:
-        return sd
-    pos = sd["pos_embed"]  # (1, 1 + grid^2, width)
-    grid = math.isqrt(pos.shape[1] - 1)
-    if pos.dim() != 3 or grid * grid != pos.shape[1] - 1:
-        raise error(f"{where} is {tuple(pos.shape)}, not (1, 1 + a square grid of patches, width)")
-    want = pos_embed_table(grid, grid, pos.shape[2])
-    if not torch.allclose(pos.float(), want, atol=POS_EMBED_ATOL, rtol=0):
-        worst = (pos.float() - want).abs().max().item()
-        raise error(f"{where} is not the fixed 2-D sin-cos embedding (max difference {worst:.3g}); "
-                    "fastmoco's ViTs cannot hold a learned position embedding")
-    return {k: v for k, v in sd.items() if k != "pos_embed"}
 
 
 def add_pos_embed(sd: dict, image_size: int, patch: int, width: int) -> dict:

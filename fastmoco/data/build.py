@@ -1,7 +1,11 @@
 """Which source and which loader a config names: ``build_data(cfg, device, rank, world)``."""
-from . import dali
+import torch
+
 from fastmoco.errors import DataError
-from .fmnist import is_fmnist_dir, load_fmnist
+
+from . import dali
+from .classes import keep_classes, select_classes
+from .fmnist import CLASSES, is_fmnist_dir, load_fmnist
 from .folder import image_folder
 from .folder_source import FolderData
 from .labelled import align_classes, labelled_set
@@ -50,19 +54,41 @@ def _build(cfg, device, rank, world, loader, in_memory):
                             "Fashion-MNIST)")
         images, labels = load_fmnist(cfg.data, train=True)
         test_images, test_labels = load_fmnist(cfg.data, train=False)
+        if cfg.classes:  # the kNN monitor then scores the same classes of the test set
+            ids = torch.tensor(select_classes(cfg.classes, CLASSES, "Fashion-MNIST"))
+            keep, keep_test = torch.isin(labels, ids), torch.isin(test_labels, ids)
+            images, labels, test_images, test_labels = (images[keep], labels[keep], test_images[keep_test],
+                                                        test_labels[keep_test])
         if cfg.subset:
             images, labels = images[:cfg.subset], labels[:cfg.subset]
         return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world, loader), None
     train_ds = image_folder(cfg.data)
+    if cfg.classes:
+        ids = select_classes(cfg.classes, train_ds.classes, f"{cfg.data} (its class folders)")
+        train_ds.samples, train_ds.targets = keep_classes(train_ds.samples, train_ds.targets, ids)
+        train_ds.imgs = train_ds.samples
     if cfg.subset:
         train_ds.samples = train_ds.imgs = train_ds.samples[:cfg.subset]
         train_ds.targets = train_ds.targets[:cfg.subset]
     val_ds = image_folder(cfg.val) if cfg.val else None
+    if val_ds is not None and cfg.classes:  # the monitor scores the chosen classes, matched by folder name
+        chosen = [train_ds.classes[i] for i in ids]
+        ids_val = [i for i, n in enumerate(val_ds.classes) if n in chosen]
+        samples, _ = keep_classes(val_ds.samples, val_ds.targets, ids_val)
+        new_index = {old: new for new, old in enumerate(ids_val)}
+        val_ds.classes = [val_ds.classes[i] for i in ids_val]  # its other folders are no longer its classes
+        val_ds.class_to_idx = {n: i for i, n in enumerate(val_ds.classes)}
+        val_ds.samples = val_ds.imgs = [(p, new_index[t]) for p, t in samples]
+        val_ds.targets = [t for _, t in val_ds.samples]
     val_note = align_classes(train_ds, val_ds) if val_ds is not None else None  # labels by class name
     return FolderData(cfg, device, train_ds, val_ds, rank, world, loader), val_note
 
 
 def _build_shards(cfg, device, rank, world, loader):
+    if cfg.classes:
+        raise DataError("--classes selects classes of Fashion-MNIST or an ImageFolder; shards are read in their "
+                        "manifest's order: write a shard set of those classes instead (fastmoco-shards on a folder "
+                        "holding only them)")
     shards = resolve(cfg.data)
     if cfg.subset:
         shards = shards.first(cfg.subset)

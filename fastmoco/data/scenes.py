@@ -38,6 +38,7 @@ class SceneSpec:
     items: tuple = (1, 4)  # per scene, inclusive
     scale: tuple = (1.0, 2.0)  # item side = 28 x scale
     seed: int = 0
+    classes: tuple = ()  # Fashion-MNIST class indices the items are drawn from (empty: all ten)
 
     def check(self):
         lo, hi = self.items
@@ -47,6 +48,8 @@ class SceneSpec:
             raise DataError(f"items per scene must be 1 <= min <= max, got {self.items}")
         if not (0 < self.scale[0] <= self.scale[1]) or round(28 * self.scale[1]) > self.size:
             raise DataError(f"item scales {self.scale} must be > 0 and fit the {self.size} px canvas (28 x scale)")
+        if any(not 0 <= c < len(CLASSES) for c in self.classes) or len(set(self.classes)) < len(self.classes):
+            raise DataError(f"scene classes must be distinct indices 0-{len(CLASSES) - 1}, got {self.classes}")
 
 
 def _background(rng, size: int) -> np.ndarray:
@@ -109,9 +112,13 @@ def write_split(out: str, split: str, images, labels, spec: SceneSpec, count: in
 
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
     os.makedirs(os.path.join(out, split))
-    coco = {"info": {"description": "fastmoco Fashion-MNIST scenes", "version": VERSION, **asdict(spec)},
+    chosen = spec.classes or tuple(range(len(CLASSES)))
+    if spec.classes:  # items of the chosen classes only; the categories keep their ids (label + 1)
+        keep = np.isin(labels, chosen)
+        images, labels = images[keep], labels[keep]
+    coco = {"info": {"description": "fastmoco Fashion-MNIST scenes", "version": VERSION, **_info(spec)},
             "images": [], "annotations": [],
-            "categories": [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(CLASSES)]}
+            "categories": [{"id": i + 1, "name": CLASSES[i], "supercategory": "fashion"} for i in chosen]}
     for i in tqdm(range(count), desc=f"scenes ({split})", disable=not progress, leave=False, dynamic_ncols=True):
         canvas, objects = draw_scene(rng, images, labels, spec)
         name = f"{split}/{i:06d}.png"
@@ -127,14 +134,22 @@ def write_split(out: str, split: str, images, labels, spec: SceneSpec, count: in
     return coco
 
 
+def _info(spec: SceneSpec) -> dict:
+    """The settings a set records (``classes`` only when it is a subset: sets of all ten stay as they were)."""
+    info = asdict(spec)
+    if not spec.classes:
+        del info["classes"]
+    return info
+
+
 def scenes_ready(out: str, spec: SceneSpec) -> bool:
     """Whether ``out`` holds a complete scene set drawn with ``spec`` by this version."""
-    want = {"version": VERSION, **json.loads(json.dumps(asdict(spec)))}
+    want = {"version": VERSION, **json.loads(json.dumps(_info(spec)))}
     try:
         for split in ("train", "val"):
             with open(os.path.join(out, f"{split}.json")) as fh:
                 info = json.load(fh)["info"]
-            if {k: info.get(k) for k in want} != want:
+            if {k: info.get(k) for k in want} != want or (not spec.classes and info.get("classes")):
                 return False
     except (OSError, ValueError, KeyError):
         return False
@@ -167,5 +182,6 @@ def default_scenes_dir(spec: SceneSpec = SceneSpec()) -> str:
     """Where the default scene set is cached: ``$FASTMOCO_CACHE`` (default ``~/.cache/fastmoco``)/scenes-..."""
     root = os.environ.get("FASTMOCO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastmoco")
     tag = f"v{VERSION}-{spec.train}-{spec.val}-{spec.size}px-{spec.items[0]}to{spec.items[1]}-" \
-          f"{spec.scale[0]:g}to{spec.scale[1]:g}x-seed{spec.seed}"
+          f"{spec.scale[0]:g}to{spec.scale[1]:g}x-seed{spec.seed}" \
+          + ("-classes" + "_".join(map(str, spec.classes)) if spec.classes else "")
     return os.path.join(root, "scenes-" + tag)

@@ -1,4 +1,12 @@
-"""torchvision's Faster R-CNN / Mask R-CNN with a feature pyramid over any ResNet fastmoco builds.
+"""torchvision's Faster R-CNN / Mask R-CNN with a feature pyramid over any ResNet or ViT fastmoco builds.
+
+ViTs (``SimplePyramid``, the simple feature pyramid of ViTDet, Li et al. 2022): a plain ViT has one map, its
+patch tokens at stride p (the patch size) after the last block and the final norm. Four levels are built from it
+in parallel, no top-down path: at strides p/4 and p/2 by transposed convolutions (two 2x2/2, or one), p as it is,
+2p and 4p by max-pooling; levels below stride 2 are left out and coarser ones added (vit_fmnist, p=4: strides 2,
+4, 8, 16; ViT-S/16: 4, 8, 16, 32). Each level then has a 1x1 and a 3x3 convolution to the pyramid's channels
+(with BatchNorm unless the norm is "frozen"), and the fifth level ("pool") is a stride-2 subsampling of the last,
+as the ResNet pyramid's. The position embedding is the fixed sin-cos one, computed for each input's patch grid.
 
 The pyramid takes the four stages' outputs (channels ``width * 2**i * expansion``) plus a max-pooled level, as
 torchvision's ``resnet_fpn_backbone`` does; the levels' strides follow from the stem (``STEM_STRIDE``: 1, 2 or 4,
@@ -54,7 +62,57 @@ class ResNetFPN(nn.Module):
         return self.fpn(self.stages(x))
 
 
-def default_fpn_channels(resnet: WideResNet) -> int:
+class SimplePyramid(nn.Module):
+    """A ViT's last map as a pyramid (see the module's text): {"0".."3", "pool"} -> (N, out_channels, h, w)."""
+
+    FACTORS = (0.25, 0.5, 1, 2, 4, 8)  # candidate level strides as multiples of the patch size
+
+    def __init__(self, vit: nn.Module, out_channels: int, norm=None):
+        super().__init__()
+        self.body = vit
+        p, dim = vit.patch_size, vit.feat_dim
+        factors = [f for f in self.FACTORS if p * f >= 2][:4]
+        self.strides = [int(p * f) for f in factors] + [int(p * factors[-1] * 2)]
+        self.scales = nn.ModuleList(self._rescale(f, dim) for f in factors)
+        chans = [self._channels(f, dim) for f in factors]
+        self.heads = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(c, out_channels, 1, bias=norm is None), *([norm(out_channels)] if norm else []),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm is None),
+            *([norm(out_channels)] if norm else [])) for c in chans)
+        self.out_channels = out_channels
+
+    @staticmethod
+    def _channels(f: float, dim: int) -> int:
+        return dim // 4 if f == 0.25 else dim // 2 if f == 0.5 else dim
+
+    @staticmethod
+    def _rescale(f: float, dim: int) -> nn.Module:
+        if f == 0.25:
+            return nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, 2), nn.GroupNorm(1, dim // 2), nn.GELU(),
+                                 nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2))
+        if f == 0.5:
+            return nn.ConvTranspose2d(dim, dim // 2, 2, 2)
+        if f == 1:
+            return nn.Identity()
+        return nn.MaxPool2d(int(f), int(f))
+
+    def patch_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, D, H/p, W/p): the patch tokens after the final norm, class token dropped."""
+        n, _, h, w = x.shape
+        p = self.body.patch_size
+        tokens = self.body.forward_features(x)  # (N, prefix + h/p * w/p, D)
+        prefix = tokens.shape[1] - (h // p) * (w // p)
+        return tokens[:, prefix:].transpose(1, 2).reshape(n, -1, h // p, w // p)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        fmap = self.patch_map(x)  # (N, D, h, w) at stride p
+        feats = OrderedDict((name, head(scale(fmap)))
+                            for name, scale, head in zip(LEVELS, self.scales, self.heads))
+        feats["pool"] = nn.functional.max_pool2d(feats[LEVELS[-1]], 1, 2)
+        return feats
+
+
+def default_fpn_channels(resnet: nn.Module) -> int:
     """Half the last stage's channels, at most torchvision's 256 (ResNet-18/50: 256; the CPU default resnet10 at
     width 16: 64, which with 64 sampled RoIs per image took a 128 px, batch-8 Mask R-CNN step from 1.40 s to
     0.60 s on 2 Xeon cores, RoIAlign's backward being a third of it)."""
@@ -77,7 +135,8 @@ def freeze_bn(module: nn.Module) -> nn.Module:
 def build_detector(resnet: WideResNet, stem: str, num_classes: int, kind: str = "maskrcnn", norm: str = "bn",
                    image_size: int = 800, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                    fpn_channels: int | None = None, **heads) -> nn.Module:
-    """``kind`` over ``resnet`` for ``num_classes`` object classes (plus the background); see the module's text.
+    """``kind`` over ``resnet`` (a fastmoco ResNet, or a fastmoco ViT, which ``stem`` does not concern) for
+    ``num_classes`` object classes (plus the background); see the module's text.
     ``heads``: torchvision's RPN / RoI-head settings (e.g. ``rpn_post_nms_top_n_train``, ``box_batch_size_per_image``)."""
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r}; choose one of {DETECTORS}")
@@ -86,7 +145,11 @@ def build_detector(resnet: WideResNet, stem: str, num_classes: int, kind: str = 
     if norm == "frozen":
         freeze_bn(resnet)
     out = fpn_channels or default_fpn_channels(resnet)
-    backbone = ResNetFPN(resnet, stem, out, None if norm == "frozen" else nn.BatchNorm2d)
+    pyramid_norm = None if norm == "frozen" else nn.BatchNorm2d
+    if isinstance(resnet, WideResNet):
+        backbone = ResNetFPN(resnet, stem, out, pyramid_norm)
+    else:  # a ViT: its patch map through the simple feature pyramid (a ViT has no BN to freeze)
+        backbone = SimplePyramid(resnet, out, pyramid_norm)
     anchors = AnchorGenerator(tuple((8 * s,) for s in backbone.strides), ((0.5, 1.0, 2.0),) * 5)
     common = dict(min_size=image_size, max_size=round(image_size * 1333 / 800), image_mean=list(mean),
                   image_std=list(std), rpn_anchor_generator=anchors,

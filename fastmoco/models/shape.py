@@ -3,10 +3,12 @@
 build the network this names and load the weights into it; ``describe`` puts a shape in words for messages."""
 import math
 
+import torch
+
 from fastmoco.errors import ConvertError
 
 from .backbones import ARCHS
-from .vit import VITS
+from .vit import VITS, pos_embed_table
 
 
 def is_vit_state_dict(sd: dict) -> bool:
@@ -68,3 +70,23 @@ def describe(shape: dict) -> str:
         return (f"a {shape['arch']} (patch {spec['patch_size']}, width {spec['embed_dim']}, depth {spec['depth']}, "
                 f"{spec['num_heads']} heads) at {shape['image_size']} px")
     return f"a {shape['arch']} of width {shape['width']}, {shape['stem']} stem"
+
+
+POS_EMBED_ATOL = 1e-5  # a float32 sin-cos table written by another implementation agrees to ~1e-7
+
+
+def drop_pos_embed(sd: dict, where: str, error) -> dict:
+    """``sd`` without its ``pos_embed`` (``where`` names it in messages), refused when the stored table is not the fixed sin-cos one (a learned
+    embedding, or one with a class-token entry, which fastmoco's ViTs do not have)."""
+    if "pos_embed" not in sd:
+        return sd
+    pos = sd["pos_embed"]  # (1, 1 + grid^2, width)
+    grid = math.isqrt(pos.shape[1] - 1)
+    if pos.dim() != 3 or grid * grid != pos.shape[1] - 1:
+        raise error(f"{where} is {tuple(pos.shape)}, not (1, 1 + a square grid of patches, width)")
+    want = pos_embed_table(grid, grid, pos.shape[2])
+    if not torch.allclose(pos.float(), want, atol=POS_EMBED_ATOL, rtol=0):
+        worst = (pos.float() - want).abs().max().item()
+        raise error(f"{where} is not the fixed 2-D sin-cos embedding (max difference {worst:.3g}); "
+                    "fastmoco's ViTs cannot hold a learned position embedding")
+    return {k: v for k, v in sd.items() if k != "pos_embed"}

@@ -90,6 +90,9 @@ class TrainConfig:
              "brace pattern of .tar files)"))
     val: Optional[str] = field(default=None, metadata=dict(help="labelled ImageFolder or shards for the kNN monitor"))
     subset: int = field(default=0, metadata=dict(help="train on the first N images only (0 = all)"))
+    classes: str = field(default="", metadata=dict(
+        help="train on these classes only: comma-separated class names or indices (Fashion-MNIST's, or an "
+             "ImageFolder's folders in sorted order); the kNN monitor scores the same classes; empty = all"))
     image_size: Optional[int] = field(default=None, metadata=dict(
         help="training resolution (preset; 0 = the dataset's own size, 32 for folders)"))
     aug: Optional[str] = field(default=None, metadata=dict(
@@ -407,7 +410,7 @@ class TrainConfig:
 # code's checkpoint (MoCo v3's) fixes the model's shapes only: it was not trained on this data or in this order.
 MODEL_SHAPE = ("method", "arch", "width", "stem", "head", "dim", "K", "mlp_dim", "proj_layers", "pred_layers",
                "pred_last_bn")
-FIXED_ON_RESUME = ("data", "subset", "image_size", "seed", *MODEL_SHAPE, "freeze_patch_embed", "batch_size", "symmetric",
+FIXED_ON_RESUME = ("data", "classes", "subset", "image_size", "seed", *MODEL_SHAPE, "freeze_patch_embed", "batch_size", "symmetric",
                    "optimizer", "shard_shuffle")
 NOT_COMPARED = ("resume", "overwrite")
 IMPORT_UNSET = ("data",)  # an imported run names no data: "" there, never taken as a --data path

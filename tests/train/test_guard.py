@@ -281,6 +281,25 @@ def _nan_on_one_rank_worker(rank, world, port, results, cfg_kw):
         trainer.close()
 
 
+def _all_true_worker(rank, world, port, results):
+    join_env(rank, world, port)
+    from fastmoco.runs import distributed
+
+    pg = distributed.setup("cpu")
+    try:
+        verdicts = [pg.all_true(torch.tensor(flag)) for flag in ([True, False] if rank == 0 else [True, True])]
+        results[rank] = [bool(v) for v in verdicts]
+    finally:
+        distributed.teardown()
+
+
+@pytest.mark.slow
+def test_the_verdict_is_false_on_every_rank_when_one_rank_says_false():
+    """Without DDP's gradient all-reduce (a non-finite loss whose gradients are finite, say) the ranks still
+    agree: rank 1's True meets rank 0's False in the second call."""
+    assert spawn(_all_true_worker) == {0: [True, False], 1: [True, False]}
+
+
 @needs_fmnist()
 @pytest.mark.slow
 def test_two_gloo_ranks_skip_a_step_only_one_of_them_saw_non_finite_and_stay_identical(tmp_path):

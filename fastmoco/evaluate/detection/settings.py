@@ -2,12 +2,12 @@
 import math
 from dataclasses import dataclass, fields
 
-from fastmoco.models import ARCHS, DETECTORS, NORMS, STEMS
+from fastmoco.models import ARCHS, DETECTORS, NORMS, STEMS, VITS
 from fastmoco.errors import ConfigError
 from fastmoco.runs.config import check_finite
 
 RESUME_CHOICES = ("auto", "never")
-CHOICES = {"model": DETECTORS, "norm": NORMS, "resume": RESUME_CHOICES, "arch": tuple(ARCHS), "stem": STEMS}
+CHOICES = {"model": DETECTORS, "norm": NORMS, "resume": RESUME_CHOICES, "arch": tuple(ARCHS) + tuple(VITS), "stem": STEMS}
 # images this small (the embedded scenes: 128 px, at most 4 objects) need far fewer proposals and sampled RoIs than
 # torchvision's COCO defaults (2000 / 1000 proposals, 512 RoIs per image): these counts keep recall at 4 objects
 # and cut the RoI heads' share of a CPU step
