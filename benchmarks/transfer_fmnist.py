@@ -6,6 +6,13 @@ same wall time, (c) random init; box and mask AP for each.
     python benchmarks/transfer_fmnist.py --moco runs/fastmoco --seeds 0 1 2 --epochs 4
     python benchmarks/transfer_fmnist.py --moco runs/fastmoco --norms bn frozen --inits moco supervised
     python benchmarks/transfer_fmnist.py --report a/results.json b/results.json   # one table + plot of both
+    python benchmarks/transfer_fmnist.py --held-out --inits moco supervised moco-all random vit --epochs 2
+
+``--held-out``: the classes the labels could help with are kept out of the detection task. Pre-training sees the
+images of A = {T-shirt/top, Pullover, Dress, Coat, Shirt} only (MoCo without their labels, the supervised
+baseline with them, for the MoCo run's wall time); the detector is fine-tuned and scored on scenes of
+B = {Trouser, Sandal, Sneaker, Bag, Ankle boot}. ``moco-all`` is MoCo on all 60,000 training images (more
+unlabelled data, labels of B's images never used); ``vit`` a MoCo v3 vit_fmnist run on A's images.
 
 One job at a time (never two on 2 cores). Writes OUT/results.json, prints a markdown table (mean and standard
 deviation over the seeds) and draws OUT/transfer_fmnist.png (box and mask AP per initialisation). Every run is a
@@ -26,6 +33,10 @@ from quality_fmnist import cpu_model  # noqa: E402
 from supervised_fmnist import run_seconds, train_supervised  # noqa: E402
 
 KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")
+# fixed before any run (the held-out protocol): pre-training classes A, detection classes B
+HELD_OUT_A = "T-shirt/top,Pullover,Dress,Coat,Shirt"
+HELD_OUT_B = (1, 5, 7, 8, 9)
+INITS = ["moco", "supervised", "random", "moco-all", "vit"]
 
 
 def sh(cmd: list[str]) -> float:
@@ -42,13 +53,28 @@ def last_metrics(out: str) -> dict:
         return {k: float(v) for k, v in list(csv.DictReader(fh))[-1].items()}
 
 
+def pretrained(path: str | None, out: str, train_args: list[str]) -> str:
+    """A fastmoco run: ``path`` when given, else trained into ``out`` (once; kept for later calls)."""
+    if path:
+        return path
+    if not os.path.isfile(os.path.join(out, "last.pt")):
+        sh(["fastmoco-train", "--out", out, "--overwrite", "--no-progress", *train_args])
+    return out
+
+
 def moco_run(args) -> str:
-    if args.moco:
-        return args.moco
-    run = os.path.join(args.out, "moco")
-    if not os.path.isfile(os.path.join(run, "last.pt")):
-        sh(["fastmoco-train", "--out", run, "--overwrite", "--no-progress"])
-    return run
+    held = ["--classes", HELD_OUT_A] if args.held_out else []
+    return pretrained(args.moco, os.path.join(args.out, "moco_A" if args.held_out else "moco"), held)
+
+
+def held_out_scenes(args) -> list[str]:
+    """fastmoco-detect's data arguments for scenes of the classes B (drawn once into OUT/scenes_B)."""
+    from fastmoco.data.scenes import SceneSpec, write_scenes
+    from fastmoco.runs.config import FMNIST_DIR
+
+    root = write_scenes(os.path.join(args.out, "scenes_B"), FMNIST_DIR, SceneSpec(classes=HELD_OUT_B), False)
+    return ["--train-json", os.path.join(root, "train.json"), "--train-images", os.path.join(root, "train"),
+            "--val-json", os.path.join(root, "val.json"), "--val-images", os.path.join(root, "val")]
 
 
 def sources(run: str, args, seed: int) -> dict:
@@ -63,7 +89,14 @@ def sources(run: str, args, seed: int) -> dict:
         budget = run_seconds(run)
         print(f"supervised: {cfg.arch} width {cfg.width}, {budget:.0f} s (the MoCo run's training time)", flush=True)
         print(json.dumps(train_supervised(run, sup, budget, seed)), flush=True)
-    return {"moco": (run, []),
+    extra = {}
+    if "moco-all" in args.inits:  # every training image, no labels
+        extra["moco-all"] = (pretrained(args.moco_all, os.path.join(args.out, "moco_all"), []), [])
+    if "vit" in args.inits:
+        held = ["--classes", HELD_OUT_A] if args.held_out else []
+        extra["vit"] = (pretrained(args.vit, os.path.join(args.out, "vit_A" if args.held_out else "vit"),
+                                   ["--method", "v3", "--arch", "vit_fmnist", *held]), [])
+    return {**extra, "moco": (run, []),
             "supervised": (sup, ["--stem", cfg.stem, *norm]),
             "random": ("random", ["--arch", cfg.arch, "--width", str(cfg.width), "--stem", cfg.stem,
                                   "--in-channels", str(meta["in_channels"]), *norm])}
@@ -73,8 +106,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--moco", help="a fastmoco run directory (default: train the default run into OUT/moco)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--inits", nargs="+", default=["moco", "supervised", "random"],
-                   choices=["moco", "supervised", "random"])
+    p.add_argument("--inits", nargs="+", default=["moco", "supervised", "random"], choices=INITS)
+    p.add_argument("--held-out", action="store_true",
+                   help="pre-train on the classes A, detect the classes B (see the module's text)")
+    p.add_argument("--moco-all", help="moco-all: a MoCo run on all training images (default: train it)")
+    p.add_argument("--vit", help="vit: a MoCo v3 vit_fmnist run (default: train it, on A with --held-out)")
     p.add_argument("--norms", nargs="+", default=["bn"], choices=["bn", "frozen"])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--out", default="runs/transfer_fmnist")
@@ -89,6 +125,7 @@ def main() -> int:
         plot(rows, os.path.join(args.out, "transfer_fmnist.png"))
         return 0
     run = moco_run(args)
+    data = held_out_scenes(args) if args.held_out else []
     rows = []
     for seed in args.seeds:
         src = sources(run, args, seed)
@@ -98,8 +135,9 @@ def main() -> int:
                 out = os.path.join(args.out, f"{init}_{norm}_s{seed}")
                 wall = sh(["fastmoco-detect", source, "--out", out, "--resume", "never", "--no-progress",
                            "--seed", str(seed), "--epochs", str(args.epochs), "--norm", norm,
-                           "--eval-every", str(args.epochs), *extra, *args.detect_args])  # scored once, at the end
-                row = dict(init=init, norm=norm, seed=seed, wall_s=round(wall, 1), **last_metrics(out))
+                           "--eval-every", str(args.epochs), *extra, *data, *args.detect_args])  # scored at the end
+                row = dict(init=init, norm=norm, seed=seed, wall_s=round(wall, 1), held_out=args.held_out,
+                           **last_metrics(out))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 with open(os.path.join(args.out, "results.json"), "w") as fh:
