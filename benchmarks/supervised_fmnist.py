@@ -38,8 +38,7 @@ def train_supervised(run_dir: str, out: str, seconds: float, seed: int = 0, clas
     """``classes``: the class subset to train on (comma-separated names or indices); default: the MoCo run's own
     (``--classes`` of its config), so both backbones saw the same images."""
     from fastmoco.data import load_fmnist
-    from fastmoco.data.classes import select_classes
-    from fastmoco.data.fmnist import CLASSES
+    from fastmoco.data.classes import keep_fmnist_classes
     from fastmoco.models import WideResNet
     from fastmoco.runs.checkpoint import save_atomic
     from fastmoco.runs.read import read_run
@@ -52,9 +51,7 @@ def train_supervised(run_dir: str, out: str, seconds: float, seed: int = 0, clas
     test_x, test_y = load_fmnist(cfg.data, train=False)
     spec = getattr(cfg, "classes", "") if classes is None else classes
     if spec:
-        ids = torch.tensor(select_classes(spec, CLASSES, "Fashion-MNIST"))
-        keep, keep_test = torch.isin(labels, ids), torch.isin(test_y, ids)
-        images, labels, test_x, test_y = images[keep], labels[keep], test_x[keep_test], test_y[keep_test]
+        (images, labels), (test_x, test_y) = keep_fmnist_classes(spec, (images, labels), (test_x, test_y))
     mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
     norm = lambda x: (x.float() / 255 - mean) / std  # noqa: E731

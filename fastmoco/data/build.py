@@ -1,11 +1,9 @@
 """Which source and which loader a config names: ``build_data(cfg, device, rank, world)``."""
-import torch
-
 from fastmoco.errors import DataError
 
 from . import dali
-from .classes import keep_classes, select_classes
-from .fmnist import CLASSES, is_fmnist_dir, load_fmnist
+from .classes import keep_classes, keep_fmnist_classes, select_classes
+from .fmnist import is_fmnist_dir, load_fmnist
 from .folder import image_folder
 from .folder_source import FolderData
 from .labelled import align_classes, labelled_set
@@ -55,10 +53,8 @@ def _build(cfg, device, rank, world, loader, in_memory):
         images, labels = load_fmnist(cfg.data, train=True)
         test_images, test_labels = load_fmnist(cfg.data, train=False)
         if cfg.classes:  # the kNN monitor then scores the same classes of the test set
-            ids = torch.tensor(select_classes(cfg.classes, CLASSES, "Fashion-MNIST"))
-            keep, keep_test = torch.isin(labels, ids), torch.isin(test_labels, ids)
-            images, labels, test_images, test_labels = (images[keep], labels[keep], test_images[keep_test],
-                                                        test_labels[keep_test])
+            (images, labels), (test_images, test_labels) = keep_fmnist_classes(
+                cfg.classes, (images, labels), (test_images, test_labels))
         if cfg.subset:
             images, labels = images[:cfg.subset], labels[:cfg.subset]
         return TensorData(cfg, device, images, labels, test_images, test_labels, rank, world, loader), None

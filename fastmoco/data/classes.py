@@ -2,7 +2,11 @@
 and transfers to others, so the subset is named up front and everything else of the data is left out."""
 from collections.abc import Sequence
 
+import torch
+
 from fastmoco.errors import DataError
+
+from .fmnist import CLASSES
 
 
 def select_classes(spec: str, names: Sequence[str], what: str) -> list[int]:
@@ -30,3 +34,13 @@ def keep_classes(samples: list, targets: list, ids: list[int]) -> tuple[list, li
     wanted = set(ids)
     kept = [(s, t) for s, t in zip(samples, targets) if t in wanted]
     return [s for s, _ in kept], [t for _, t in kept]
+
+
+def keep_fmnist_classes(spec: str, *sets: tuple) -> list[tuple]:
+    """Each (images, labels) pair of ``sets`` (Fashion-MNIST tensors) with only the classes ``spec`` names."""
+    ids = torch.tensor(select_classes(spec, CLASSES, "Fashion-MNIST"))
+    out = []
+    for images, labels in sets:
+        keep = torch.isin(labels, ids)
+        out.append((images[keep], labels[keep]))
+    return out

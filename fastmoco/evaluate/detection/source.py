@@ -7,8 +7,7 @@ vit_base, vit_fmnist) the simple feature pyramid; other timm models are refused.
 import os
 from dataclasses import dataclass
 
-from fastmoco.errors import DataError
-from fastmoco.errors import ConfigError
+from fastmoco.errors import ConfigError, DataError
 from fastmoco.models import ARCHS, STEMS, VITS, WideResNet, build_backbone, load_exactly
 
 RANDOM = "random"
@@ -17,7 +16,7 @@ RANDOM = "random"
 @dataclass
 class Backbone:
     resnet: WideResNet  # or one of fastmoco's ViTs
-    stem: str  # a ViT has none: "" 
+    stem: str  # a ViT has none: ""
     in_channels: int
     mean: tuple | None  # None: not known (a plain state_dict): the caller takes the training images' statistics
     std: tuple | None
@@ -32,9 +31,9 @@ def _not_wrappable(arch: str, where: str) -> ConfigError:
 def _network(arch: str, width: int, stem: str, in_channels: int):
     """A ResNet or one of fastmoco's ViTs, every layer trainable (the patch projection included: a detector
     fine-tunes all layers)."""
-    net = WideResNet(arch, width, stem, in_channels) if arch in ARCHS else build_backbone(
-        arch, width, stem, in_channels, freeze_patch_embed=False)
-    return net
+    if arch in ARCHS:
+        return WideResNet(arch, width, stem, in_channels)
+    return build_backbone(arch, width, stem, in_channels, freeze_patch_embed=False)
 
 
 def _from_run(path: str) -> Backbone:
