@@ -1,21 +1,11 @@
-"""Test set-up: Triton kernels run under the interpreter on CPU tensors (must be set before triton is imported)."""
+"""Test set-up: Triton kernels run under the interpreter on CPU tensors (must be set before triton is imported),
+and the fixtures. What the modules import by name lives in helpers.py."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from fastmoco.runs.config import FMNIST_DIR  # noqa: E402 - one definition of where the default data lives
-
-# (dtype, atol, rtol) against a float64 reference. Low-precision rows are loose because the *inputs* are rounded
-# (the reference sees the rounded values too, so what is left is fp32-accumulated arithmetic on bf16/fp16 outputs).
-DTYPE_TOLS = [
-    (torch.float64, 1e-10, 1e-10),
-    (torch.float32, 2e-5, 2e-5),
-    (torch.float16, 5e-3, 5e-3),
-    (torch.bfloat16, 3e-2, 3e-2),
-]
 
 
 @pytest.fixture(autouse=True)
@@ -35,33 +25,3 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
-
-
-def needs_fmnist():
-    return pytest.mark.skipif(not os.path.isdir(FMNIST_DIR), reason="apt-get install dataset-fashion-mnist")
-
-
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def write_undecodable_png(path, size=(20, 20)):
-    """A PNG that passes every up-front check (header, chunk CRCs, IEND) but whose pixel data does not inflate:
-    it fails only when decoded, in PIL and in DALI alike."""
-    import io
-    import struct
-    import zlib
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", size, (200, 10, 10)).save(buf, format="PNG")
-    data, out, at = buf.getvalue(), bytearray(buf.getvalue()[:8]), 8
-    while at < len(data):
-        (length,), kind = struct.unpack(">I", data[at:at + 4]), data[at + 4:at + 8]
-        body = data[at + 8:at + 8 + length]
-        if kind == b"IDAT":
-            body = bytes(b ^ 0x5A for b in body)  # not a zlib stream any more; its CRC recomputed below
-        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        at += 12 + length
-    with open(path, "wb") as fh:
-        fh.write(bytes(out))

@@ -7,19 +7,36 @@ import sys
 from fastmoco.errors import FastmocoError
 
 
-def add_fields(parser, settings_cls, help: dict, choices: dict) -> None:
-    """One ``--flag`` per field of a settings dataclass (``--no-flag`` for booleans), typed from its annotation."""
-    from dataclasses import fields
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (``PROG: error: ...``, exit 2): the usage block is what
+    ``--help`` is for."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_fields(parser, settings_cls, choices: dict, help: dict | None = None, keep_unset: bool = False) -> None:
+    """The one generator of every command's flags: one ``--flag`` per field of a settings dataclass (``--no-flag``
+    for booleans), typed from the field's annotation, with ``choices=`` from ``choices`` (each command's table,
+    built from the owning modules' registries), the help from ``help`` or the field's metadata. ``keep_unset``: a
+    flag not given sets nothing (fastmoco-train merges the flags over a YAML file, a run's settings and a preset),
+    and the help names the field's default instead."""
+    from dataclasses import MISSING, fields
+
+    from fastmoco.runs.config import base_type
 
     for f in fields(settings_cls):
+        text = (help or {}).get(f.name) or f.metadata.get("help", "")
+        default = None if f.default is MISSING else f.default
+        kw = dict(dest=f.name, help=f"{text} (default: {default})" if keep_unset else text)
+        if not keep_unset:
+            kw["default"] = default
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help[f.name])
+        if base_type(f) is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
-            kind = int if "int" in str(f.type) else float if "float" in str(f.type) else str
-            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help[f.name],
-                                choices=list(choices[f.name]) if f.name in choices else None)
+            allowed = choices.get(f.name)
+            parser.add_argument(flag, type=base_type(f), choices=list(allowed) if allowed else None, **kw)
 
 
 # printed as one line: fastmoco's own errors, and ValueError, which the ops and the models raise for bad arguments
@@ -66,10 +83,9 @@ def _import_torch_whole() -> None:
 
 
 def run_cli(prog: str, fn, argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    try:  # every import of torch happens inside: an early Ctrl-C is one line too
-        if not {"-h", "--help"} & set(args):  # help needs no torch
-            _import_torch_whole()
+    try:  # every import of torch happens inside: an early Ctrl-C is one line too (--help too: its choices come
+        # from the models' registries)
+        _import_torch_whole()
         fn(argv)
         return 0
     except KeyboardInterrupt:

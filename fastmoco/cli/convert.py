@@ -12,14 +12,14 @@
 """
 import argparse
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import ArgumentParser, run_cli
 
 
 def _convert(argv):
     from fastmoco.convert import export_v3, import_official, timm_export, to_detectron2, to_torchvision
     from fastmoco.models.shape import describe
 
-    p = argparse.ArgumentParser(prog="fastmoco-convert", description=__doc__,
+    p = ArgumentParser(prog="fastmoco-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="official MoCo checkpoint -> fastmoco run directory (or backbone .pt/.pth)")

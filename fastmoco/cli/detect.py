@@ -12,7 +12,7 @@ trains on the embedded Fashion-MNIST scenes (drawn on first use into ~/.cache/fa
 """
 import argparse
 
-from fastmoco.cli import add_fields, run_cli
+from fastmoco.cli import ArgumentParser, add_fields, run_cli
 
 HELP = {
     "model": "maskrcnn (boxes and masks) | fasterrcnn (boxes)",
@@ -25,7 +25,7 @@ HELP = {
     "val_images": "folder of the validation images",
     "image_size": "short side the images are resized to (default: the scenes' canvas, else 800)",
     "fpn_channels": "feature pyramid channels (default: half the last stage's, at most 256)",
-    "arch": "architecture for SOURCE=random (a ResNet, or a ViT: vit_small, vit_base, vit_fmnist)",
+    "arch": "architecture for SOURCE=random (a ResNet, or a ViT)",
     "width": "base width for SOURCE=random",
     "stem": "stem for random (default small-s2), or the stride of a state_dict's 3x3 stem (small | small-s2)",
     "in_channels": "input channels for SOURCE=random",
@@ -42,10 +42,10 @@ def _detect(argv):
     from fastmoco.evaluate.detection import DetectSettings, run_detect
     from fastmoco.evaluate.detection.settings import CHOICES
 
-    p = argparse.ArgumentParser(prog="fastmoco-detect", description=__doc__,
+    p = ArgumentParser(prog="fastmoco-detect", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="a fastmoco run directory, a ResNet state_dict file, or 'random'")
-    add_fields(p, DetectSettings, HELP, CHOICES)
+    add_fields(p, DetectSettings, CHOICES, help=HELP)
     args = vars(p.parse_args(argv))
     run_detect(args.pop("source"), DetectSettings(**args))
 

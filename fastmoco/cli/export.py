@@ -1,13 +1,12 @@
 """fastmoco-export RUN_DIR: the trained backbone as a state_dict and as a torch.export feature extractor."""
-import argparse
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import ArgumentParser, run_cli
 
 
 def _export(argv):
     from fastmoco.convert.extractor import export_run
 
-    p = argparse.ArgumentParser(prog="fastmoco-export", description=__doc__)
+    p = ArgumentParser(prog="fastmoco-export", description=__doc__)
     p.add_argument("run_dir", help="a fastmoco-train run directory (holds config.yaml and last.pt)")
     p.add_argument("--checkpoint", help="checkpoint to export (default: RUN_DIR/last.pt)")
     args = p.parse_args(argv)

@@ -7,7 +7,7 @@
 """
 import argparse
 
-from fastmoco.cli import add_fields, run_cli
+from fastmoco.cli import ArgumentParser, add_fields, run_cli
 
 HELP = {
     "protocol": "official (the paper's protocol of the run's method: MoCo v1/v2's, or v3's for ResNets / ViTs) | "
@@ -31,10 +31,10 @@ HELP = {
 def _lincls(argv):
     from fastmoco.evaluate.lincls import PROTOCOL_CHOICES, LinclsSettings, run_lincls
 
-    p = argparse.ArgumentParser(prog="fastmoco-lincls", description=__doc__,
+    p = ArgumentParser(prog="fastmoco-lincls", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a fastmoco run directory (trained or imported) or a checkpoint file")
-    add_fields(p, LinclsSettings, HELP, {"protocol": PROTOCOL_CHOICES})
+    add_fields(p, LinclsSettings, {"protocol": PROTOCOL_CHOICES}, help=HELP)
     args = vars(p.parse_args(argv))
     run_lincls(args.pop("run_dir"), LinclsSettings(**args))
 

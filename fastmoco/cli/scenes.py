@@ -1,8 +1,7 @@
 """fastmoco-scenes OUT: draw the embedded detection set (Fashion-MNIST items on textured canvases) as COCO JSON +
 PNGs: OUT/train.json, OUT/train/, OUT/val.json, OUT/val/. The same settings give the same files everywhere."""
-import argparse
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import ArgumentParser, run_cli
 
 
 def _scenes(argv):
@@ -12,7 +11,7 @@ def _scenes(argv):
     from fastmoco.runs.config import FMNIST_DIR
 
     d = SceneSpec()
-    p = argparse.ArgumentParser(prog="fastmoco-scenes", description=__doc__)
+    p = ArgumentParser(prog="fastmoco-scenes", description=__doc__)
     p.add_argument("out", help="output folder (must be empty or absent)")
     p.add_argument("--train", type=int, default=d.train, help="training scenes (items from the training images)")
     p.add_argument("--val", type=int, default=d.val, help="validation scenes (items from the test images)")

@@ -10,7 +10,7 @@ OUT/rejected.txt and not written. Re-running after an interruption keeps the fin
 import argparse
 import re
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import ArgumentParser, run_cli
 
 UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
 
@@ -26,7 +26,7 @@ def size_bytes(text: str) -> int:
 def _shards(argv):
     from fastmoco.data.shards import convert
 
-    p = argparse.ArgumentParser(prog="fastmoco-shards", description=__doc__,
+    p = ArgumentParser(prog="fastmoco-shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="ImageFolder root (SRC/CLASS/IMAGE) or a text file of image paths")
     p.add_argument("out", help="folder for the shards, their indexes and manifest.json")

@@ -3,26 +3,21 @@
 Its flags are generated from ``TrainConfig``: one ``--flag-name`` per field. Precedence: the dataclass defaults <
 the preset < the run that --resume / --init names (for the fields left unset) < ``--config FILE.yaml`` < flags."""
 import argparse
-from dataclasses import fields
 
-from fastmoco.cli import run_cli
+from fastmoco.cli import ArgumentParser, run_cli
 
 
 def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
-    """argparse generated from TrainConfig: one ``--flag-name`` per field, defaults shown from the dataclass."""
-    from fastmoco.runs.config import TrainConfig, base_type
+    """argparse generated from TrainConfig (``fastmoco.cli.add_fields``): one ``--flag-name`` per field, its
+    choices from the registries (``runs.config.CHOICES``), defaults shown from the dataclass."""
+    from fastmoco.cli import add_fields
+    from fastmoco.runs.config import CHOICES, TrainConfig
 
-    p = argparse.ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, "
+    p = ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, "
                                 "CPU-sized).",
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
-        if base_type(f) is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
-        else:
-            p.add_argument(flag, dest=f.name, type=base_type(f), help=help_, metavar=f.name.upper())
+    add_fields(p, TrainConfig, CHOICES, keep_unset=True)
     return p
 
 

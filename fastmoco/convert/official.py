@@ -15,7 +15,7 @@ import os
 import torch
 
 from fastmoco.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fastmoco.models import build_backbone, load_exactly, projection_head
+from fastmoco.models import MoCo, MoCoV3, build_backbone, load_exactly, projection_head
 from fastmoco.errors import ConvertError
 from fastmoco.models.shape import backbone_fields, describe, infer_backbone
 from fastmoco.runs import checkpoint as ckpt_io
@@ -85,14 +85,14 @@ def _imported_recipe(fmt: str, head: str | None, dim: int | None, queue, sd: dic
     if fmt == "MoCo v3":
         keys = strip_module(sd)
         vit = "base_encoder.patch_embed.proj.weight" in keys
-        preset = "v3-vit" if vit else "v3"
+        preset = MoCoV3.paper_preset(vit)
         known = {}
         projector = f"base_encoder.{PROJECTOR[vit]}."
         if any(k.startswith(projector) for k in keys):  # the projector's shape, though only the backbone is kept
             layers, width, out_dim, _ = mlp_shape(keys, projector, path)
             known = dict(proj_layers=layers, mlp_dim=width, dim=out_dim)
         return dict(preset=preset, **{**PRESETS[preset], **known, "image_size": size})
-    preset = "v1" if head == "linear" else "v2"
+    preset = MoCo.paper_preset(False, head)
     known = dict(head=head or PRESETS[preset]["head"], dim=dim or 128)
     if queue is not None:
         known["K"] = queue.shape[1]  # (dim, K)

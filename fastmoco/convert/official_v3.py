@@ -23,7 +23,7 @@ from fastmoco.models import VITS, MoCoV3, is_vit, load_exactly
 from fastmoco.models.shape import backbone_fields, describe, infer_backbone
 from fastmoco.runs import checkpoint as ckpt_io
 from fastmoco.runs.checkpoint import imported_payload
-from fastmoco.runs.config import TrainConfig
+from fastmoco.runs.config import PRESETS, TrainConfig
 from fastmoco.runs.directory import claim_run_dir
 from fastmoco.runs.read import read_run
 
@@ -134,9 +134,10 @@ def import_v3(sd: dict, path: str, out: str, epoch: int) -> dict:
         raise ConvertError(f"{path}: the projector ({head[:-1]}) ends without its BatchNorm; not a MoCo v3 "
                            "projector")
     size = shape.get("image_size", 224)
-    cfg = TrainConfig(data="", preset="v3-vit" if vit else "v3", dim=dim, mlp_dim=mlp_dim, proj_layers=proj_layers,
+    preset = MoCoV3.paper_preset(vit)
+    cfg = TrainConfig(data="", preset=preset, dim=dim, mlp_dim=mlp_dim, proj_layers=proj_layers,
                       pred_layers=pred_layers, pred_last_bn=pred_last_bn, image_size=size, out=out,
-                      epochs=max(300 if vit else 100, epoch + 1), **backbone_fields(shape)).resolved()
+                      epochs=max(PRESETS[preset]["epochs"], epoch + 1), **backbone_fields(shape)).resolved()
     with torch.device("meta"):  # names and shapes only: nothing is allocated
         model = MoCoV3.from_config(cfg.for_runtime("cpu", 1), shape["in_channels"])  # bn_splits filled in
     state = to_fastmoco(keys, vit)
@@ -163,7 +164,7 @@ def export_v3(run_dir: str, out: str) -> str:
     it also loads ``optimizer`` and ``scaler`` states, which a fastmoco run (LARS/AdamW of its own) has not in
     that form."""
     state, cfg, meta = read_run(run_dir)
-    if cfg.method != "v3":
+    if cfg.method != MoCoV3.name:
         raise ConvertError(f"{run_dir} trained method {cfg.method!r}; the MoCo v3 layout holds v3 runs")
     pos = state.get("position", {}).get("epoch", state.get("imported", {}).get("epoch", 0))
     vit_input = None

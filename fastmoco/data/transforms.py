@@ -26,6 +26,7 @@ RGB_HUE = {"v1": 0.4, "v2": 0.1, "v3": 0.1}
 SATURATION = {"v1": 1.0, "v2": 1.0, "v3": 0.5}  # the saturation jitter as a fraction of the jitter strength
 # per recipe, (blur probability, solarize probability) of view 1 and of view 2
 VIEW_PROBS = {"v1": ((0.0, 0.0), (0.0, 0.0)), "v2": ((0.5, 0.0), (0.5, 0.0)), "v3": ((1.0, 0.0), (0.1, 0.2))}
+AUGS = tuple(VIEW_PROBS)  # the augmentation recipes (TrainConfig.aug)
 
 
 BLUR_SIGMA = (0.1, 2.0)

@@ -46,11 +46,10 @@ PROTOCOL_CHOICES = tuple(PROTOCOLS)  # "official" (its entry: v1/v2's) means the
 
 def official_for(cfg) -> str:
     """The original protocol of the method (and backbone family) a run trained."""
-    from fastmoco.models import is_timm, is_vit
+    from fastmoco.models import METHODS
 
-    if getattr(cfg, "method", None) != "v3":
-        return "official"
-    return "v3-vit" if is_vit(cfg.arch) or is_timm(cfg.arch) else "v3"
+    method = METHODS.get(getattr(cfg, "method", None))
+    return method.linear_protocol(cfg.arch) if method else "official"
 
 
 @dataclass

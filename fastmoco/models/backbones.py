@@ -17,6 +17,7 @@ ARCHS = {
 }
 STEM_STRIDE = {"small": 1, "small-s2": 2, "imagenet": 4}  # how much each stem shrinks the image side
 STEMS = tuple(STEM_STRIDE)
+STEM_NOTES = {"small": "3x3/1", "small-s2": "3x3/2", "imagenet": "7x7/2 + max-pool"}
 
 
 class WideResNet(ResNet):

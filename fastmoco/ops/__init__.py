@@ -11,6 +11,7 @@ from .ema import EMA, ema_
 from .infonce import InfoNCE, infonce
 from .infonce_inbatch import InfoNCEInBatch, infonce_inbatch
 from .reference import ema_reference_, enqueue_reference_, infonce_inbatch_reference, infonce_reference
+from .implementations import IMPLEMENTATIONS, implementation
 
 __all__ = ["infonce", "InfoNCE", "infonce_inbatch", "InfoNCEInBatch", "ema_", "EMA", "enqueue_", "native_available",
-           "infonce_reference", "infonce_inbatch_reference", "ema_reference_", "enqueue_reference_"]
+           "infonce_reference", "infonce_inbatch_reference", "ema_reference_", "enqueue_reference_", "IMPLEMENTATIONS", "implementation"]

@@ -12,12 +12,22 @@ from typing import Optional
 
 import yaml
 
+from fastmoco import ops
+from fastmoco.data import LOADERS
+from fastmoco.data.transforms import AUGS
 from fastmoco.errors import ConfigError
+from fastmoco.models import ARCHS, METHODS, STEMS, VITS, preset_table
+from fastmoco.models.backbones import STEM_NOTES
+from fastmoco.models.moco import QUEUE_K
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist: the embedded default
 OPTIMIZERS = ("sgd", "lars", "adamw")  # each built in fastmoco.train.optim
-
+SCHEDULES = ("cosine", "step")  # lr schedules, each built in fastmoco.train.schedules
+M_SCHEDULES = ("const", "cosine")  # key-momentum schedules (fastmoco.train.schedules)
+AMP_DTYPES = ("bf16", "fp16")  # autocast dtypes (fastmoco.train.step maps each to its torch dtype)
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+GUARDS = ("on", "off")
+GUARD_K = 6.0  # a healthy default run strayed at most 4.05 MADs from its band (benchmarks/RESULTS.md 14.2)
 # Defaults that depend on the device, for the fields left unset (None). CPU: fp32 (bf16 autocast measured ~4.5x
 # slower on the AVX2 dev CPU), NCHW, eager (the compiled step measured slower there once its compile time is
 # counted: benchmarks/RESULTS.md section 3). CUDA: bf16 autocast, channels-last and the compiled step.
@@ -25,61 +35,32 @@ DEVICE_DEFAULTS = {
     "cpu": dict(amp=False, channels_last=False, compile=False),
     "cuda": dict(amp=True, channels_last=True, compile=True),
 }
+# What a preset decides, for the fields the user left unset (None): each method's recipes, defined (with the
+# measurements that chose them) in its own module under fastmoco/models
+PRESETS = preset_table()
+# The allowed values of every field with a fixed set, each from the module that owns it: what validate() checks
+# and what fastmoco-train offers as choices=
+CHOICES = dict(
+    method=tuple(METHODS), preset=tuple(PRESETS), stem=STEMS,
+    head=tuple(dict.fromkeys(h for m in METHODS.values() for h in m.heads)),
+    aug=AUGS, schedule=SCHEDULES, m_schedule=M_SCHEDULES, ops=ops.IMPLEMENTATIONS, optimizer=OPTIMIZERS,
+    amp_dtype=AMP_DTYPES, compile_mode=COMPILE_MODES, guard=GUARDS, loader=LOADERS,
+)
 
 
-# What a preset decides, for the fields the user left unset (None). v1, v2 and v3 are the papers' recipes (v3: the
-# ResNet-50 one, lr 0.6 x batch/256, 10 warm-up epochs of 100); "fmnist" (the default) is tuned by measurement for
-# under 10 minutes on 2 CPU cores (benchmarks/RESULTS.md sections 2 and 8): Fashion-MNIST's objects are centred and
-# aligned, and near-full crops (0.9) with stronger photometric augmentation and random erasing beat the ImageNet crop
-# range there (80.8 -> 82.6 % kNN at 5 epochs); in short runs the linear head at T=0.07 beat the MLP head at T=0.1
-# (84.57 vs 83.07 % at 2 epochs). It trains at 36 px (the 28 px images upsampled): larger feature maps beat more
-# epochs at 28 px per minute of CPU (86.93 % kNN at 10 epochs in 9.8 min vs 86.56 % at 16 epochs in 10.0 min, one
-# seed each; RESULTS.md section 2.5). "fmnist-v3" is MoCo v3 sized the same way (RESULTS.md section 10).
-GUARD_K = 6.0  # a healthy default run strayed at most 4.05 MADs from its band (benchmarks/RESULTS.md 14.2)
-GUARDS = ("on", "off")
-QUEUE_K = 1024  # the queue size field's default: v3, which has no queue, refuses any other value
-_QUEUE = dict(method="queue", epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False, m_schedule="const",
-              optimizer="sgd", lr=0.06, lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
-_V3 = dict(method="v3", head="bn-mlp", dim=256, mlp_dim=4096, m=0.99, m_schedule="cosine", aug="v3",
-           schedule="cosine", optimizer="lars", proj_layers=2, pred_last_bn=False)
-PRESETS = {
-    "v1": dict(_QUEUE, head="linear", T=0.07, m=0.999, aug="v1", schedule="step", crop_min_scale=0.2, jitter=0.4,
-               erase_p=0.0, image_size=0),
-    "v2": dict(_QUEUE, head="mlp", T=0.2, m=0.999, aug="v2", schedule="cosine", crop_min_scale=0.2, jitter=0.4,
-               erase_p=0.0, image_size=0),
-    "fmnist": dict(_QUEUE, head="linear", T=0.07, m=0.99, aug="v2", schedule="cosine", crop_min_scale=0.9,
-                   jitter=0.8, erase_p=0.5, image_size=36),
-    "v3": dict(_V3, epochs=100, T=1.0, crop_min_scale=0.2, jitter=0.4, erase_p=0.0, image_size=0, lr=0.6,
-               lr_ref_batch=256, weight_decay=1e-6, warmup_epochs=10.0),
-    # measured in 1-epoch probes (RESULTS.md section 10): T 0.2 over 1.0 (77.4 vs 76.2 % kNN), base lr 9.6 over
-    # 0.6 / 2.4 / 4.8 (83.7 vs 77.4 / 81.7 / 83.0 %; 19.2 gave 83.6), hidden width 1024 over 256 (80.2 vs 79.4 %)
-    # the ViT recipe of the original: AdamW (torch's betas, wd 0.1 on every parameter), lr 1.5e-4 x batch/256, 40
-    # warm-up epochs of 300, T=0.2, a 3-layer projector, the predictor with its last BN, crops from 8 % of the area
-    "v3-vit": dict(_V3, epochs=300, T=0.2, crop_min_scale=0.08, jitter=0.4, erase_p=0.0, image_size=0, lr=1.5e-4,
-                   lr_ref_batch=256, weight_decay=0.1, warmup_epochs=40.0, optimizer="adamw", proj_layers=3,
-                   pred_last_bn=True),
-    # the ViT recipe sized for the embedded default (RESULTS.md section 10.1): 1-epoch probes on 10,240 images
-    # chose Fashion-MNIST's augmentation (crops from 90 %, jitter 0.8, erasing) over the ImageNet one (69.6 vs
-    # 66.9 % kNN) or crops from 50 % (68.4), base lr 5e-3 over 1.5e-3 / 1.5e-2 (70.8 vs 69.6 / 66.8 %), and a
-    # 1024-wide projector and predictor (4096 costs 1.7x the time per pair on 2 CPU cores)
-    "fmnist-v3-vit": dict(_V3, epochs=1, T=0.2, crop_min_scale=0.9, jitter=0.8, erase_p=0.5, image_size=28,
-                          mlp_dim=1024, lr=5e-3, lr_ref_batch=256, weight_decay=0.1, warmup_epochs=0.2,
-                          optimizer="adamw", proj_layers=3, pred_last_bn=True),
-    "fmnist-v3": dict(_V3, epochs=4, T=0.2, crop_min_scale=0.9, jitter=0.8, erase_p=0.5, image_size=36,
-                      mlp_dim=1024, lr=9.6, lr_ref_batch=256, weight_decay=1e-6, warmup_epochs=0.5),
-}
-# the preset when only --method is given (v3 on a ViT: the ViT recipe; on the small ViT the one sized for it)
-METHOD_PRESETS = {"queue": "fmnist", "v3": "fmnist-v3", "v3-vit": "v3-vit", "v3-vit_fmnist": "fmnist-v3-vit"}
-AUGS = ("v1", "v2", "v3")
+def _listing(notes: dict) -> str:
+    """'a (note a) | b (note b)': a registry's names with their notes, for --help."""
+    return " | ".join(f"{name} ({note})" if note else name for name, note in notes.items())
 
 
-def default_preset_key(method: str, arch: str) -> str:
-    """The METHOD_PRESETS entry of a method on an architecture."""
-    from fastmoco.models import is_vit
-
-    if method == "v3" and is_vit(arch):
-        return "v3-vit_fmnist" if arch == "vit_fmnist" else "v3-vit"
-    return method
+def _by_preset(name: str, method: str | None = None) -> str:
+    """'(preset: 9 v1, v2, fmnist; 100 v3)': a field's value in each preset (of ``method``), for --help."""
+    groups: dict = {}
+    for preset, values in PRESETS.items():
+        if method in (None, values["method"]):
+            groups.setdefault(values[name], []).append(preset)
+    shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"  # noqa: E731
+    return "(preset: " + "; ".join(f"{shown(v)} {', '.join(ps)}" for v, ps in groups.items()) + ")"
 
 
 @dataclass
@@ -96,8 +77,8 @@ class TrainConfig:
     image_size: Optional[int] = field(default=None, metadata=dict(
         help="training resolution (preset; 0 = the dataset's own size, 32 for folders)"))
     aug: Optional[str] = field(default=None, metadata=dict(
-        help="augmentation recipe: v1 | v2 | v3 (v2 with v3's asymmetric views: blur p=1.0 / 0.1, solarize p=0.2 on "
-             "view 2) (preset)"))
+        help="augmentation recipe; v3 is v2 with v3's asymmetric views (blur p=1.0 / 0.1, solarize p=0.2 on view "
+             "2) (preset)"))
     crop_min_scale: Optional[float] = field(default=None, metadata=dict(help="RandomResizedCrop lower area bound (preset)"))
     jitter: Optional[float] = field(default=None, metadata=dict(help="colour-jitter strength (preset)"))
     erase_p: Optional[float] = field(default=None, metadata=dict(help="random-erasing probability, batched aug (preset)"))
@@ -112,78 +93,76 @@ class TrainConfig:
     shard_shuffle: int = field(default=10_000, metadata=dict(
         help="shards: each process shuffles its stream in windows of this many samples (1 = shard order)"))
     loader: Optional[str] = field(default=None, metadata=dict(
-        help="dali | torch: who decodes and augments (default: dali for ImageFolders when installed, "
+        help="who decodes and augments (default: dali for ImageFolders when installed, "
              "torch's batched augmentation for Fashion-MNIST, the faster there)"))
     # model
     preset: Optional[str] = field(default=None, metadata=dict(
-        help="v1 (linear head, T=0.07, step LR) | v2 (MLP, blur, T=0.2, cosine) | fmnist (short CPU runs at 36 "
-             "px: linear head, T=0.07, v2 augmentation with near-full crops, cosine) | v3 (MoCo v3's ResNet recipe: "
-             "LARS, T=1, cosine momentum) | fmnist-v3 (v3 for short CPU runs); default: fmnist, or fmnist-v3 with "
-             "--method v3"))
+        help="the recipe: " + _listing({n: note for m in METHODS.values() for n, note in m.preset_notes.items()})
+             + "; default: the method's own for the arch (" + ", ".join(
+                 f"{name}: {m.default_preset('resnet10')}" for name, m in METHODS.items()) + " on ResNets)"))
     method: Optional[str] = field(default=None, metadata=dict(
-        help="queue (MoCo v1/v2: negatives from a queue of earlier keys) | v3 (negatives from the global batch, a "
-             "predictor, no queue) (preset)"))
+        help=_listing({name: m.about for name, m in METHODS.items()}) + " (preset)"))
     arch: str = field(default="resnet10", metadata=dict(
-        help="resnet10 | resnet18 | resnet34 | resnet50 | vit_small | vit_base | vit_fmnist (patch 4, for 28-36 px) "
-             "| timm:NAME (any timm model, its own pooled features)"))
+        help=" | ".join([*ARCHS, *VITS]) + " | timm:NAME (any timm model, its own pooled features); vit_fmnist has "
+             f"{VITS['vit_fmnist']['patch_size']} px patches, for 28-36 px images"))
     freeze_patch_embed: bool = field(default=True, metadata=dict(
         help="ViTs: keep the randomly initialised patch projection frozen (MoCo v3's stability trick)"))
     width: int = field(default=16, metadata=dict(help="base width (64 = torchvision's nets)"))
-    stem: str = field(default="small-s2", metadata=dict(help="small (3x3/1) | small-s2 (3x3/2) | imagenet (7x7/2+pool)"))
+    stem: str = field(default="small-s2", metadata=dict(help="the ResNet stem: " + _listing(STEM_NOTES)))
     bn_splits: Optional[int] = field(default=None, metadata=dict(
         help="Split-BN sub-batches per process (1 = plain BN; default 8 in one process, 1 under torchrun)"))
     sync_bn: Optional[bool] = field(default=None, metadata=dict(
         help="SyncBatchNorm across processes (CUDA). v1/v2: instead of shuffle-BN (note it lets BN statistics span "
              "the positive pair), off by default; v3: the whole model, on by default under torchrun on CUDA"))
     head: Optional[str] = field(default=None, metadata=dict(
-        help="linear | mlp (v1/v2) | bn-mlp (v3's projector, set by its presets) (preset)"))
-    dim: Optional[int] = field(default=None, metadata=dict(help="embedding size (preset: 128 v1/v2, 256 v3)"))
+        help="projection head: " + "; ".join(f"{', '.join(m.heads)} for {name}" for name, m in METHODS.items())
+             + " (preset)"))
+    dim: Optional[int] = field(default=None, metadata=dict(help="embedding size " + _by_preset("dim")))
     mlp_dim: Optional[int] = field(default=None, metadata=dict(
         help="v3: hidden width of the projector and the predictor (preset)"))
     proj_layers: Optional[int] = field(default=None, metadata=dict(
-        help="v3: Linear layers of the projector (preset: 2 ResNet, 3 ViT)"))
+        help="v3: Linear layers of the projector " + _by_preset("proj_layers", "v3")))
     pred_layers: int = field(default=2, metadata=dict(help="v3: Linear layers of the predictor"))
     pred_last_bn: Optional[bool] = field(default=None, metadata=dict(
-        help="v3: the predictor ends in a BatchNorm (preset: off for ResNets, on for ViTs, as the original)"))
-    # 1024: in runs of a few thousand steps a smaller queue measured better (84.18 vs 83.07 % kNN at 4096, 2 epochs)
+        help="v3: the predictor ends in a BatchNorm, as the original's for ViTs " + _by_preset("pred_last_bn", "v3")))
     K: int = field(default=QUEUE_K, metadata=dict(help="queue size (negative keys; v1/v2: v3 takes the batch's)"))
     m: Optional[float] = field(default=None, metadata=dict(help="key-encoder momentum (preset)"))
     m_schedule: Optional[str] = field(default=None, metadata=dict(
-        help="const | cosine (m rises to 1 over training, updated every step) (preset)"))
+        help="key-momentum schedule; cosine: m rises to 1 over training, updated every step (preset)"))
     ema_bn_buffers: bool = field(default=False, metadata=dict(help="also average BN running statistics"))
     T: Optional[float] = field(default=None, metadata=dict(help="InfoNCE temperature (preset)"))
     symmetric: bool = field(default=False, metadata=dict(
         help="symmetrised loss (both views as queries; v1/v2: v3's loss always is)"))
-    ops: str = field(default="fused", metadata=dict(help="fused | reference (the naive original-code path)"))
+    ops: str = field(default="fused", metadata=dict(help="the fused ops, or the references (the naive original-code path)"))
     # optimisation
     epochs: Optional[int] = field(default=None, metadata=dict(
-        help="training epochs (preset: 9 for v1/v2/fmnist, 100 v3, 4 fmnist-v3)"))
+        help="training epochs " + _by_preset("epochs")))
     batch_size: int = field(default=128, metadata=dict(help="images per micro-batch, per process"))
     accum_steps: int = field(default=1, metadata=dict(
         help="micro-batches per optimizer step (the EMA and the enqueue run once per optimizer step)"))
     lr: Optional[float] = field(default=None, metadata=dict(
-        help="learning rate (for the global batch, see lr_ref_batch) (preset: 0.06 v1/v2, 0.6 v3)"))
+        help="learning rate (for the global batch, see lr_ref_batch) " + _by_preset("lr")))
     lr_ref_batch: Optional[int] = field(default=None, metadata=dict(
         help="linear scaling: lr is meant for this global batch and is scaled by global/lr_ref_batch (0 = off) "
-             "(preset: 0 v1/v2, 256 v3)"))
+             + _by_preset("lr_ref_batch")))
     optimizer: Optional[str] = field(default=None, metadata=dict(
-        help="sgd | lars (large batches: per-tensor trust ratio 0.001, biases and BN parameters excluded from it "
-             "and from weight decay, as MoCo v3 trains ResNets) | adamw (MoCo v3's ViTs: decay on every parameter) "
+        help="lars: for large batches (per-tensor trust ratio 0.001, biases and BN parameters excluded from it and "
+             "from weight decay, as MoCo v3 trains ResNets); adamw: MoCo v3's ViTs (decay on every parameter) "
              "(preset)"))
     sgd_momentum: float = field(default=0.9, metadata=dict(help="momentum (SGD or LARS)"))
     weight_decay: Optional[float] = field(default=None, metadata=dict(
-        help="weight decay (LARS: weights only) (preset: 5e-4 v1/v2, 1e-6 v3)"))
+        help="weight decay (LARS: weights only) " + _by_preset("weight_decay")))
     warmup_epochs: Optional[float] = field(default=None, metadata=dict(
-        help="linear LR warm-up, in epochs, per step (preset: 0 v1/v2, 10 v3)"))
-    schedule: Optional[str] = field(default=None, metadata=dict(help="cosine | step (preset)"))
+        help="linear LR warm-up, in epochs, per step " + _by_preset("warmup_epochs")))
+    schedule: Optional[str] = field(default=None, metadata=dict(help="lr schedule (preset)"))
     lr_steps: str = field(default="0.6,0.8", metadata=dict(help="step schedule: fractions of training at which lr *= 0.1"))
     amp: Optional[bool] = field(default=None, metadata=dict(help="autocast (default: on for CUDA, off for CPU)"))
-    amp_dtype: str = field(default="bf16", metadata=dict(help="bf16 | fp16 (fp16 adds a GradScaler)"))
+    amp_dtype: str = field(default="bf16", metadata=dict(help="autocast dtype (fp16 adds a GradScaler)"))
     channels_last: Optional[bool] = field(default=None, metadata=dict(
         help="channels-last memory format (default: on for CUDA, off for CPU)"))
     compile: Optional[bool] = field(default=None, metadata=dict(
         help="torch.compile the step (default: on for CUDA, off for CPU, where it measured slower)"))
-    compile_mode: str = field(default="default", metadata=dict(help="default | max-autotune | reduce-overhead"))
+    compile_mode: str = field(default="default", metadata=dict(help="torch.compile's mode"))
     # monitoring and output
     knn_every: int = field(default=0, metadata=dict(help="kNN accuracy every N epochs (0 = only at the end)"))
     knn_k: int = field(default=200, metadata=dict(help="kNN neighbours"))
@@ -219,18 +198,15 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """The preset's values filled in and every value checked (device-dependent fields may stay None)."""
         _check_types(self)
-        from fastmoco.models import METHODS
-
         if self.method is not None and self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        method = self.method or "queue"
-        preset = self.preset or METHOD_PRESETS[default_preset_key(method, self.arch)]
+        method = METHODS[self.method or "queue"]
+        preset = self.preset or method.default_preset(self.arch)
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         if self.method is not None and PRESETS[preset]["method"] != self.method:
             raise ConfigError(f"preset {preset} is a recipe of method {PRESETS[preset]['method']}, not "
-                              f"{self.method}; pick a {self.method} preset ("
-                              + ", ".join(p for p, v in PRESETS.items() if v["method"] == self.method) + ")")
+                              f"{self.method}; pick a {self.method} preset ({', '.join(method.presets)})")
         filled = {k: v for k, v in PRESETS[preset].items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, preset=preset, **filled)
         cfg.validate()
@@ -239,25 +215,14 @@ class TrainConfig:
     def for_runtime(self, device_type: str, world_size: int) -> "TrainConfig":
         """The fields left to the device and the process count, filled in (what the run saves and uses)."""
         filled = {k: v for k, v in DEVICE_DEFAULTS[device_type].items() if getattr(self, k) is None}
-        if self.sync_bn is None:  # v3 converts the whole model under torchrun, where SyncBatchNorm has kernels
-            filled["sync_bn"] = self.method == "v3" and world_size > 1 and device_type == "cuda"
-        if self.bn_splits is None:  # Split-BN: the one-process guard of the queue methods' BN (where there is BN)
-            from fastmoco.models import has_batch_norm
-
-            guard = world_size == 1 and self.method == "queue" and not self.sync_bn
-            filled["bn_splits"] = 8 if guard and has_batch_norm(self.arch) else 1
+        method = METHODS[self.method]
+        if self.sync_bn is None:  # the method's BN policy for this device and process count
+            filled["sync_bn"] = method.runtime_defaults(self, world_size, device_type)["sync_bn"]
         cfg = dataclasses.replace(self, **filled)
+        if cfg.bn_splits is None:  # Split-BN, where the method guards BN with it, given the sync_bn just decided
+            cfg = dataclasses.replace(cfg, bn_splits=method.runtime_defaults(cfg, world_size, device_type)["bn_splits"])
         cfg.validate()
-        if cfg.sync_bn and device_type != "cuda":
-            instead = ("v3 normalises each process's batch and averages the running statistics after each step"
-                       if cfg.method == "v3" else "the default shuffle-BN (Split-BN in one process) guards BN")
-            raise ConfigError(f"sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); on CPU {instead}")
-        if cfg.sync_bn and world_size == 1 and cfg.method == "v3":
-            raise ConfigError("sync_bn needs several processes (torchrun); in one process v3 trains plain BN over "
-                              "each view's batch, which is what SyncBatchNorm would compute there")
-        if cfg.sync_bn and world_size == 1:
-            raise ConfigError("sync_bn needs several processes (torchrun): in one process it would be plain BN over "
-                              "the batch; leave it off and Split-BN guards BN")
+        method.check_runtime(cfg, world_size, device_type)
         if cfg.sync_bn and cfg.bn_splits != 1:
             raise ConfigError(f"sync_bn replaces Split-BN: pass --bn-splits 1 (got {cfg.bn_splits})")
         return cfg
@@ -273,40 +238,23 @@ class TrainConfig:
         return self.lr * self.global_batch(world_size) / self.lr_ref_batch
 
     def validate(self) -> None:
-        from fastmoco.data import LOADERS
-        from fastmoco.models import ARCHS, HEADS, METHODS, STEMS, VITS, known_arch
+        from fastmoco.models import ARCHS, VITS, known_arch
 
         def need(ok: bool, msg: str):
             if not ok:
                 raise ConfigError(msg)
 
+        for name, allowed in CHOICES.items():  # loader None: chosen by the data
+            value = getattr(self, name)
+            need(value in allowed or (name == "loader" and value is None),
+                 f"unknown {name} {value!r}; choose one of {list(allowed)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.shard_shuffle >= 1, f"shard_shuffle must be >= 1, got {self.shard_shuffle}")
         need(self.K >= 1, f"K (queue size) must be >= 1, got {self.K}")
         need(known_arch(self.arch), f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS) + sorted(VITS)} or "
              "timm:NAME")
-        need(self.stem in STEMS, f"unknown stem {self.stem!r}; choose one of {list(STEMS)}")
         need(self.width >= 1, f"width must be >= 1, got {self.width}")
-        need(self.method in METHODS, f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        if self.method == "v3":
-            need(self.head == "bn-mlp", f"method v3 trains its own projector (head bn-mlp), got head {self.head!r}")
-            need(self.small_crops == 0, "method v3 contrasts two views per image: multi-crop (--small-crops) is a "
-                 "v1/v2 option here; pass --small-crops 0")
-            need(self.K == QUEUE_K, f"method v3 has no queue (its negatives are the batch's other keys): --K "
-                 f"{self.K} would change nothing; leave --K out")
-            need(not self.symmetric, "method v3's loss is always symmetric (both views are queries): leave "
-                 "--symmetric out")
-            need(self.mlp_dim >= 1 and self.proj_layers >= 1 and self.pred_layers >= 1,
-                 f"v3 needs mlp_dim, proj_layers and pred_layers >= 1, got {self.mlp_dim}, {self.proj_layers}, "
-                 f"{self.pred_layers}")
-        else:
-            need(self.head in HEADS, f"unknown head {self.head!r}; choose one of {list(HEADS)}")
-        need(self.aug in AUGS, f"unknown aug {self.aug!r}; choose one of {list(AUGS)}")
-        need(self.schedule in ("cosine", "step"), f"unknown schedule {self.schedule!r}; choose cosine or step")
-        need(self.m_schedule in ("const", "cosine"), f"unknown m_schedule {self.m_schedule!r}; choose const or cosine")
-        need(self.ops in ("fused", "reference"), f"unknown ops {self.ops!r}; choose fused or reference")
-        need(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
-        need(self.amp_dtype in ("bf16", "fp16"), f"unknown amp_dtype {self.amp_dtype!r}; choose bf16 or fp16")
+        METHODS[self.method].check_config(self)
         need(0.0 <= self.m <= 1.0, f"m must be in [0, 1], got {self.m}")
         need(self.T > 0, f"T must be > 0, got {self.T}")
         need(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
@@ -319,15 +267,12 @@ class TrainConfig:
         need(self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}")
         need(self.lr_ref_batch >= 0, f"lr_ref_batch must be >= 0, got {self.lr_ref_batch}")
         need(self.save_every_min >= 0, f"save_every_min must be >= 0, got {self.save_every_min}")
-        need(self.guard in GUARDS, f"unknown guard {self.guard!r}; choose one of {list(GUARDS)}")
         need(self.guard_k > 0, f"guard_k must be > 0, got {self.guard_k}")
         need(self.guard_window >= 5, f"guard_window must be >= 5 checked losses, got {self.guard_window}")
         need(self.guard_snapshot_every >= 1, f"guard_snapshot_every must be >= 1, got {self.guard_snapshot_every}")
         need(self.guard_cooldown_steps >= 0, f"guard_cooldown_steps must be >= 0, got {self.guard_cooldown_steps}")
         need(0 < self.guard_cooldown_lr <= 1, f"guard_cooldown_lr must be in (0, 1], got {self.guard_cooldown_lr}")
         need(self.guard_max_recoveries >= 0, f"guard_max_recoveries must be >= 0, got {self.guard_max_recoveries}")
-        need(self.compile_mode in COMPILE_MODES,
-             f"unknown compile_mode {self.compile_mode!r}; choose one of {list(COMPILE_MODES)}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.sgd_momentum < 1, f"sgd_momentum must be in [0, 1), got {self.sgd_momentum}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -353,7 +298,6 @@ class TrainConfig:
         need(0 <= self.threads <= cores,
              f"threads must be between 0 (torch's default) and this machine's {cores} cores, got {self.threads}")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
-        need(self.loader in (None,) + LOADERS, f"unknown loader {self.loader!r}; choose one of {list(LOADERS)}")
         try:
             steps = self.milestones()
         except ValueError:
@@ -431,9 +375,10 @@ def resume_changes(saved: dict, cfg: "TrainConfig", imported: bool = False) -> l
 
 
 def base_type(f):
-    """The Python type a field holds (Optional[...] unwrapped)."""
+    """The Python type a field holds (``Optional[X]`` and ``X | None`` unwrapped)."""
     name = str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
     name = name[len("Optional["):-1] if name.startswith("Optional[") else name
+    name = name[:-len(" | None")] if name.endswith(" | None") else name
     return {"str": str, "float": float, "int": int, "bool": bool}[name]
 
 

@@ -55,7 +55,7 @@ def estimate_bytes(cfg, in_channels: int, image_size: int, small_size: int = 0) 
     outputs = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
              for m in net.modules() if not list(m.children())]
-    views = 2 if cfg.symmetric or cfg.method == "v3" else 1  # v3: both views are queries
+    views = method.query_views  # query passes per image (2: symmetric v1/v2, v3)
     with torch.no_grad():
         net(torch.empty(cfg.batch_size * views, in_channels, image_size, image_size, device="meta"))
         if cfg.small_crops:

@@ -24,12 +24,13 @@ import warnings
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fastmoco.models.shuffle import CrossRankShuffle
+from fastmoco.runs import config
 from fastmoco.runs.distributed import ProcessGroup
 
 from .guard import StepTransaction
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the config's AMP_DTYPES, as torch dtypes
+assert tuple(AMP_DTYPES) == config.AMP_DTYPES, "every autocast dtype the config allows is mapped here"
 
 
 class MocoStep:
@@ -47,8 +48,8 @@ class MocoStep:
         if pg.distributed:
             if cfg.sync_bn:  # the whole model; the BN modules are replaced, their parameters kept
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            elif hasattr(model, "key_shuffle"):
-                model.key_shuffle = CrossRankShuffle()
+            else:  # the method's cross-rank BN guard, if it has one (v1/v2: shuffle-BN)
+                model.shuffle_across_ranks()
             ids = [pg.device.index] if pg.device.type == "cuda" else None
             with warnings.catch_warnings():  # the argument's newer name does not exist in older torch
                 warnings.simplefilter("ignore", FutureWarning)

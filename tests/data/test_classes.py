@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import FMNIST_DIR, needs_fmnist
 from fastmoco.cli import scenes as scenes_cli
 from fastmoco.data.build import build_data
 from fastmoco.data.classes import select_classes

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_undecodable_png
+from helpers import write_undecodable_png
 from fastmoco.data import FolderData, TensorData, build_data, choose_loader, dali, image_folder
 from fastmoco.errors import DataError
 from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD, IMAGENET_MEAN, IMAGENET_STD

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FMNIST_DIR, needs_fmnist, write_undecodable_png
+from helpers import FMNIST_DIR, needs_fmnist, write_undecodable_png
 from fastmoco.data import BatchAugment, DataError, image_folder, load_fmnist, view_transform
 from fastmoco.data.fmnist import read_idx
 

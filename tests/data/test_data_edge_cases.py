@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FMNIST_DIR, needs_fmnist, write_undecodable_png
+from helpers import FMNIST_DIR, needs_fmnist, write_undecodable_png
 from fastmoco.data import DataError, build_data
 from fastmoco.data.folder import _size, jpeg_is_complete, load_rgb
 from fastmoco.data.labelled import labelled_sets

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, cuda_only, needs_fmnist
+from helpers import FMNIST_DIR, cuda_only, needs_fmnist
 from fastmoco.errors import DataError
 from fastmoco.data.scenes import SceneSpec, box_of, draw_scene, rle_of, write_scenes, write_split
 from fastmoco.evaluate.detection import CocoSet, DetectSettings, coco_ap, lr_factor, run_detect

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from conftest import needs_fmnist
+from helpers import needs_fmnist
 from processes import spawn
 from fastmoco.errors import ConfigError
 from fastmoco.evaluate.detection import run_detect

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import FMNIST_DIR, needs_fmnist
 from processes import free_port
 from fastmoco.evaluate import lincls
 from fastmoco.evaluate.lincls import PROTOCOLS, LinclsSettings, lr_at, run_lincls

@@ -165,7 +165,7 @@ def test_a_v3_vit_run_trains_exports_and_its_extractor_matches(tmp_path):
     """A tiny v3 ViT run on Fashion-MNIST end to end: training, kNN, the torch.export extractor (class token)."""
     import os
 
-    from conftest import FMNIST_DIR
+    from helpers import FMNIST_DIR
     from fastmoco.train import train
     from fastmoco.runs.read import load_backbone
     from fastmoco.convert.extractor import export_run, load_extractor

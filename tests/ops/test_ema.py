@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import cuda_only
+from helpers import cuda_only
 from fastmoco import ops
 
 TOLS = [(torch.float64, 1e-12, 1e-12), (torch.float32, 1e-6, 1e-6), (torch.float16, 1e-3, 1e-3),

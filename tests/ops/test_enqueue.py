@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import cuda_only
+from helpers import cuda_only
 from fastmoco import ops
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DTYPE_TOLS, cuda_only
+from helpers import DTYPE_TOLS, cuda_only
 from fastmoco import ops
 infonce_mod = importlib.import_module("fastmoco.ops.infonce")  # the module (ops.infonce is the function)
 

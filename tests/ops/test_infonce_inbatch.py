@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DTYPE_TOLS, cuda_only
+from helpers import DTYPE_TOLS, cuda_only
 from fastmoco import ops
 
 from test_infonce import chunk  # noqa: F401  (fixture: one chunk, or many; both CPU paths stream with it)

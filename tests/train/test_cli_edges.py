@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import needs_fmnist, tiny
 from fastmoco.train import ConfigError, TrainConfig, train
 from fastmoco.cli.train import config_from_args
 
@@ -27,7 +27,7 @@ def test_ctrl_c_in_the_first_seconds_is_one_line(tmp_path, delay, how):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
-TINY = dict(data=FMNIST_DIR, subset=512, batch_size=32, width=4, K=64, epochs=2, progress=False, threads=2, knn_k=5)
+TINY = tiny(subset=512, K=64, epochs=2, knn_k=5)
 
 
 @needs_fmnist()

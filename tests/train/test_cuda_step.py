@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import cuda_only
+from helpers import cuda_only
 from fastmoco import ops
 from fastmoco.data import TensorData
 from fastmoco.models import MoCo

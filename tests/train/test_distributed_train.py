@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import needs_fmnist, tiny
 from processes import join_env, spawn
 from fastmoco.train import TrainConfig, train
 from fastmoco.models.shuffle import CrossRankShuffle
@@ -13,8 +13,7 @@ from fastmoco.train.loop import Trainer
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 B = 32  # per-process batch
-TINY = dict(data=FMNIST_DIR, subset=1024, batch_size=B, width=4, K=200, epochs=1, lr=0.06, progress=False,
-            threads=1, knn_k=20)
+TINY = tiny(batch_size=B, K=200, threads=1)
 
 
 def _train_worker(rank, world, port, results, cfg_kw):

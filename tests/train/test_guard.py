@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import needs_fmnist, resolved, tiny
 from processes import join_env, spawn
 from fastmoco.errors import TrainingDiverged
 from fastmoco.models import MoCo, MoCoV3
@@ -17,13 +17,9 @@ from fastmoco.train.loop import Trainer
 from fastmoco.train.step import MocoStep
 from fastmoco.train.timing import PHASES
 
-TINY = dict(data=FMNIST_DIR, subset=1024, batch_size=32, width=4, K=128, epochs=1, progress=False, threads=2,
-            knn_k=20)
+TINY = tiny(K=128)
 V3 = dict(TINY, method="v3", mlp_dim=32, K=1024)  # 1024: the queue field's default, which v3 requires
 
-
-def _cfg(out, **kw):
-    return TrainConfig(**{**TINY, "out": str(out), **kw}).resolved()
 
 
 def _state(trainer):
@@ -178,7 +174,7 @@ def test_a_planted_non_finite_gradient_gives_the_weights_of_a_run_that_dropped_t
 def test_guard_off_still_stops_at_the_first_non_finite_loss(tmp_path, monkeypatch):
     _plant_nan(monkeypatch, MoCo, {3})
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 3; .*--guard on"):
-        _fit(_cfg(tmp_path, guard="off", max_steps=6))
+        _fit(resolved(TINY, tmp_path, guard="off", max_steps=6))
 
 
 def _plant_spike(monkeypatch, steps: set, start: int = 0, lrs: list | None = None):
@@ -202,7 +198,7 @@ def test_a_spike_rolls_back_to_the_snapshot_and_cools_the_lr_down(tmp_path, monk
     kw = dict(max_steps=32, guard_snapshot_every=10, guard_cooldown_steps=5, guard_cooldown_lr=0.1)
     calm_lrs = []
     _plant_spike(monkeypatch, set(), lrs=calm_lrs)
-    _fit(_cfg(tmp_path / "calm", **kw))
+    _fit(resolved(TINY, tmp_path / "calm", **kw))
     monkeypatch.undo()
 
     seen = {}
@@ -217,7 +213,7 @@ def test_a_spike_rolls_back_to_the_snapshot_and_cools_the_lr_down(tmp_path, monk
     monkeypatch.setattr(SpikeGuard, "_recover", recover)
     lrs, lines = [], []
     _plant_spike(monkeypatch, {24, 25, 26}, lrs=lrs)
-    trainer = _fit(_cfg(tmp_path / "spike", **kw), lines)
+    trainer = _fit(resolved(TINY, tmp_path / "spike", **kw), lines)
     assert seen == dict(step=26, snapshot_step=20)  # snapshots every 10 calm steps, the third flag recovers
     assert trainer.guard.recoveries == 1
     line = next(x for x in lines if x.startswith("guard:"))
@@ -237,7 +233,7 @@ def test_more_recoveries_than_allowed_stop_the_run_naming_step_and_cause(tmp_pat
     with pytest.raises(TrainingDiverged, match=r"^step 26: loss \S+ above the band's \S+; 3 of the last 10 checks "
                                                r"flagged: a rollback beyond the 0 that --guard-max-recoveries allows; "
                                                r"stopped, last good checkpoint kept \(.*last.pt\); lower --lr$"):
-        _fit(_cfg(tmp_path, max_steps=30, guard_snapshot_every=10, guard_max_recoveries=0))
+        _fit(resolved(TINY, tmp_path, max_steps=30, guard_snapshot_every=10, guard_max_recoveries=0))
 
 
 @needs_fmnist()
@@ -245,16 +241,16 @@ def test_a_mid_epoch_resume_after_a_recovery_reproduces_the_uninterrupted_run(tm
     kw = dict(guard_snapshot_every=10, guard_cooldown_steps=8)  # 32 steps in the epoch
     with monkeypatch.context() as m:
         _plant_spike(m, {24, 25, 26})
-        full = _fit(_cfg(tmp_path / "full", **kw))
+        full = _fit(resolved(TINY, tmp_path / "full", **kw))
     with monkeypatch.context() as m:
         _plant_spike(m, {24, 25, 26})
-        _fit(_cfg(tmp_path / "cut", max_steps=29, **kw))  # after the recovery, inside the cool-down
+        _fit(resolved(TINY, tmp_path / "cut", max_steps=29, **kw))  # after the recovery, inside the cool-down
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert saved["guard"]["recoveries"] == 1 and saved["guard"]["cooldown_left"] == 5
     assert saved["guard"]["snapshot_step"] == 20 and saved["guard"]["snapshot"] is not None
     with monkeypatch.context() as m:
         _plant_spike(m, {24, 25, 26}, start=29)
-        resumed = _fit(_cfg(tmp_path / "cut", resume="auto", **kw))
+        resumed = _fit(resolved(TINY, tmp_path / "cut", resume="auto", **kw))
     assert resumed.guard.recoveries == full.guard.recoveries == 1
     _assert_same(_state(resumed), _state(full))
     a = open(tmp_path / "full" / "metrics.csv").read().splitlines()[1].split(",")[:4]
@@ -317,7 +313,7 @@ SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu
 def _count_host_reads(tmp_path, monkeypatch, guard: str) -> dict:
     """Every way of reading a tensor on the host, counted inside the step and in the rest of the loop, for a run
     at the CUDA check cadence (every 20 steps)."""
-    trainer = Trainer(_cfg(tmp_path / guard, guard=guard, max_steps=40), log=lambda *_: None)
+    trainer = Trainer(resolved(TINY, tmp_path / guard, guard=guard, max_steps=40), log=lambda *_: None)
     trainer.check_every = 20  # as on CUDA
     trainer.times.every = 10 ** 9  # the breakdown's sampled steps aside (they synchronise, by design)
     counts = {"step": 0, "loop": 0}
@@ -376,7 +372,7 @@ def test_every_epoch_reports_where_the_step_time_goes_and_names_a_slow_loader(tm
     import time
 
     lines = []
-    trainer = Trainer(_cfg(tmp_path, epochs=1, subset=512), log=lines.append)
+    trainer = Trainer(resolved(TINY, tmp_path, epochs=1, subset=512), log=lines.append)
     real_epoch = trainer.data.epoch
 
     def slow_epoch(*a, **k):
@@ -403,6 +399,6 @@ def test_every_epoch_reports_where_the_step_time_goes_and_names_a_slow_loader(tm
 @needs_fmnist()
 def test_a_run_with_a_fast_loader_prints_no_data_hint(tmp_path):
     lines = []
-    _fit(_cfg(tmp_path, epochs=1, subset=512), lines)
+    _fit(resolved(TINY, tmp_path, epochs=1, subset=512), lines)
     assert any("step time:" in x for x in lines)
     assert not any("hint:" in x for x in lines)

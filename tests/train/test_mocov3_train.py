@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import needs_fmnist, resolved, tiny
 from fastmoco.data import dali
 from fastmoco.models import MoCoV3
 from fastmoco.train import ConfigError, TrainConfig, train
@@ -19,12 +19,8 @@ from processes import join_env, spawn
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 B = 32
-TINY = dict(data=FMNIST_DIR, method="v3", subset=1024, batch_size=B, width=4, mlp_dim=64, epochs=2, progress=False,
-            threads=2, knn_k=20, warmup_epochs=0.5)
+TINY = tiny(method="v3", batch_size=B, mlp_dim=64, epochs=2, warmup_epochs=0.5)
 
-
-def _cfg(out, **kw):
-    return TrainConfig(**{**TINY, "out": str(out), **kw}).resolved()
 
 
 def _ckpt(out):
@@ -32,11 +28,11 @@ def _ckpt(out):
 
 
 def test_resume_mid_epoch_reproduces_the_uninterrupted_v3_run(tmp_path):
-    train(_cfg(tmp_path / "full"), log=lambda *_: None)
+    train(resolved(TINY, tmp_path / "full"), log=lambda *_: None)
     cut = tmp_path / "cut"
-    train(_cfg(cut, max_steps=41), log=lambda *_: None)  # 32 steps an epoch: 9 into the second
+    train(resolved(TINY, cut, max_steps=41), log=lambda *_: None)  # 32 steps an epoch: 9 into the second
     assert _ckpt(cut)["position"]["samples"] == 9 * B
-    train(_cfg(cut, resume="auto"), log=lambda *_: None)
+    train(resolved(TINY, cut, resume="auto"), log=lambda *_: None)
     a, b = _ckpt(tmp_path / "full"), _ckpt(cut)
     assert a["position"]["step"] == b["position"]["step"] == 64
     for key, value in a["model"].items():  # projector, predictor and momentum encoder included
@@ -48,7 +44,7 @@ def test_the_trainer_takes_the_cosine_momentum_every_step(tmp_path, monkeypatch)
     seen = []
     real = MoCoV3.after_step
     monkeypatch.setattr(MoCoV3, "after_step", lambda self, keys, m: (seen.append(m), real(self, keys, m)))
-    train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, epochs=1), log=lambda *_: None)
     steps = 1024 // B
     assert len(seen) == steps
     assert seen == [momentum_at(i / steps, 1, 0.99, "cosine") for i in range(steps)]
@@ -56,9 +52,9 @@ def test_the_trainer_takes_the_cosine_momentum_every_step(tmp_path, monkeypatch)
 
 
 def test_compiled_v3_step_matches_eager(tmp_path, monkeypatch):
-    train(_cfg(tmp_path / "eager", max_steps=3), log=lambda *_: None)
+    train(resolved(TINY, tmp_path / "eager", max_steps=3), log=lambda *_: None)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    train(_cfg(tmp_path / "compiled", max_steps=3, compile=True), log=lambda *_: None)
+    train(resolved(TINY, tmp_path / "compiled", max_steps=3, compile=True), log=lambda *_: None)
     a, b = _ckpt(tmp_path / "eager")["model"], _ckpt(tmp_path / "compiled")["model"]
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-4, rtol=1e-4, msg=name)
@@ -79,7 +75,7 @@ def test_accumulation_runs_the_ema_once_per_optimizer_step(tmp_path, monkeypatch
 
     monkeypatch.setattr(MoCoV3, "after_step", after)
     monkeypatch.setattr(MoCoV3, "forward", forward)
-    train(_cfg(tmp_path, accum_steps=2, max_steps=3), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, accum_steps=2, max_steps=3), log=lambda *_: None)
     assert calls == {"ema": 3, "forwards": 6}
     assert _ckpt(tmp_path)["position"]["samples"] == 3 * 2 * B
 
@@ -132,7 +128,7 @@ def test_v3_trains_on_a_folder_with_both_loaders_and_exports(tmp_path, loader, n
     (["--method", "queue", "--preset", "v3"], "preset v3 is a recipe of method v3, not queue"),
     (["--method", "v3", "--sync-bn"], "sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); on CPU v3"),
     (["--method", "v3", "--epochs", "1", "--warmup-epochs", "2"], "warmup_epochs 2 must be less than epochs 1"),
-    (["--method", "v4"], "unknown method 'v4'"),
+    (["--method", "v4"], "argument --method: invalid choice: 'v4'"),
     (["--preset", "v3", "--head", "mlp"], "method v3 trains its own projector"),
 ])
 def test_v3_settings_it_refuses_are_one_line(tmp_path, args, message):

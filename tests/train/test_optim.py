@@ -69,7 +69,7 @@ def test_the_optimizer_setting():
 
 @pytest.mark.slow
 def test_a_lars_run_trains_resumes_and_keeps_its_optimizer(tmp_path):
-    from conftest import FMNIST_DIR
+    from helpers import FMNIST_DIR
     from fastmoco.train import train
 
     if not __import__("os").path.isdir(FMNIST_DIR):

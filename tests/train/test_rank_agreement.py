@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import needs_fmnist, tiny
 from fastmoco.train import TrainConfig
 from fastmoco.train.loop import Trainer
 
 from processes import join_env, spawn
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
-TINY = dict(data=FMNIST_DIR, subset=256, batch_size=16, width=4, K=64, epochs=1, progress=False, threads=1, knn_k=5)
+TINY = tiny(subset=256, batch_size=16, K=64, threads=1, knn_k=5)
 
 
 def _start_worker(rank, world, port, results, per_rank):

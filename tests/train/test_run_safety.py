@@ -7,18 +7,14 @@ import sys
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
-from fastmoco.train import ConfigError, TrainConfig, train
+from helpers import needs_fmnist, resolved, tiny
+from fastmoco.train import ConfigError, train
 from fastmoco.runs import checkpoint as ckpt_io
 from fastmoco.cli.train import config_from_args
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
-TINY = dict(data=FMNIST_DIR, subset=512, batch_size=32, width=4, K=200, epochs=2, lr=0.06, progress=False,
-            threads=2, knn_k=20)
+TINY = tiny(subset=512, K=200, epochs=2)
 
-
-def _cfg(out, **kw):
-    return TrainConfig(**{**TINY, "out": str(out), **kw}).resolved()
 
 
 def _flip_byte(path, at=0.5):
@@ -28,13 +24,13 @@ def _flip_byte(path, at=0.5):
 
 
 def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
-    train(_cfg(tmp_path, epochs=2, resume="auto"), log=lambda *_: None)  # last.pt = epoch 2, prev.pt = epoch 1
+    train(resolved(TINY, tmp_path, epochs=1), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, epochs=2, resume="auto"), log=lambda *_: None)  # last.pt = epoch 2, prev.pt = epoch 1
     assert torch.load(tmp_path / "prev.pt", weights_only=False)["epoch"] == 1
     _flip_byte(tmp_path / "last.pt")  # flipped tensor bytes: torch.load alone would accept them
     assert "checksum mismatch" in ckpt_io.verify(str(tmp_path / "last.pt"))
     with pytest.warns(UserWarning, match="corrupt .*checksum mismatch.*resuming from the previous checkpoint"):
-        summary = train(_cfg(tmp_path, epochs=2, resume="auto"), log=lambda *_: None)
+        summary = train(resolved(TINY, tmp_path, epochs=2, resume="auto"), log=lambda *_: None)
     assert summary["epochs"] == 2  # epoch 2 trained again from epoch 1's checkpoint
     _flip_byte(tmp_path / "last.pt")
     with pytest.raises(ckpt_io.CheckpointError, match="last.pt is corrupt or unreadable .checksum mismatch"):
@@ -42,26 +38,26 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_stale_temporaries_are_removed_when_a_run_starts(tmp_path):
-    train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, epochs=1), log=lambda *_: None)
     (tmp_path / "last.pt.tmp.99999").write_bytes(b"half a checkpoint")
     lines = []
-    train(_cfg(tmp_path, epochs=2, resume="auto"), log=lines.append)
+    train(resolved(TINY, tmp_path, epochs=2, resume="auto"), log=lines.append)
     assert not (tmp_path / "last.pt.tmp.99999").exists()
     assert any("last.pt.tmp.99999" in line and "killed" in line for line in lines)
 
 
 def test_resume_refuses_a_changed_model_or_data_setting(tmp_path):
-    train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, epochs=1), log=lambda *_: None)
     with pytest.raises(ConfigError, match=r"--resume: K cannot change on resume \(checkpoint: 200, now: 400\)"):
-        train(_cfg(tmp_path, K=400, resume="auto"), log=lambda *_: None)
+        train(resolved(TINY, tmp_path, K=400, resume="auto"), log=lambda *_: None)
     with pytest.raises(ConfigError, match=r"batch_size cannot change on resume \(checkpoint: 32, now: 64\)"):
-        train(_cfg(tmp_path, batch_size=64, resume="auto"), log=lambda *_: None)
+        train(resolved(TINY, tmp_path, batch_size=64, resume="auto"), log=lambda *_: None)
 
 
 def test_resume_applies_and_logs_a_changed_lr_everywhere(tmp_path):
-    train(_cfg(tmp_path, epochs=1), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, epochs=1), log=lambda *_: None)
     lines = []
-    train(_cfg(tmp_path, epochs=2, lr=0.5, resume="auto"), log=lines.append)
+    train(resolved(TINY, tmp_path, epochs=2, lr=0.5, resume="auto"), log=lines.append)
     assert any(line == "settings changed on resume: epochs 1 -> 2, lr 0.06 -> 0.5" for line in lines), lines
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     assert state["config"]["lr"] == 0.5
@@ -73,7 +69,7 @@ def test_resume_applies_and_logs_a_changed_lr_everywhere(tmp_path):
 
 def test_cli_resume_takes_unset_settings_from_the_checkpoint(tmp_path):
     out = str(tmp_path / "run")
-    train(_cfg(out, epochs=1, width=8), log=lambda *_: None)
+    train(resolved(TINY, out, epochs=1, width=8), log=lambda *_: None)
     cfg = config_from_args(["--out", out, "--resume", "auto", "--epochs", "2"])
     assert (cfg.width, cfg.K, cfg.subset, cfg.epochs) == (8, 200, 512, 2)  # saved, saved, saved, given
 
@@ -119,7 +115,7 @@ def test_values_checked_before_anything_is_allocated(tmp_path, args, message, ca
 def test_exported_extractor_checks_values_and_resizes(tmp_path):
     from fastmoco.convert.extractor import export_run, load_extractor
 
-    cfg = _cfg(tmp_path, epochs=1)
+    cfg = resolved(TINY, tmp_path, epochs=1)
     train(cfg, log=lambda *_: None)
     program = torch.export.load(export_run(str(tmp_path))["features"]).module()
     size = cfg.image_size or 28  # the training size, which the extractor resamples every input to

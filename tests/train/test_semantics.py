@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import FMNIST_DIR, needs_fmnist
 from fastmoco.data import TensorData
 from fastmoco.models import MoCo, SplitBatchNorm2d, build_backbone
 from fastmoco.train import TrainConfig, train

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from conftest import FMNIST_DIR, needs_fmnist
+from helpers import FMNIST_DIR, needs_fmnist, resolved, tiny
 from fastmoco.models import MoCo
 from fastmoco.ops.ema import ema_pairs
 from fastmoco.train import ConfigError, TrainConfig, train
@@ -20,12 +20,8 @@ from fastmoco.models.moco import ema_and_enqueue
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
 B = 32
-TINY = dict(data=FMNIST_DIR, subset=1024, batch_size=B, width=4, K=200, epochs=1, lr=0.06, progress=False,
-            threads=2, knn_k=20)
+TINY = tiny(batch_size=B, K=200)
 
-
-def _cfg(out, **kw):
-    return TrainConfig(**{**TINY, "out": str(out), **kw}).resolved()
 
 
 def _ckpt(out):
@@ -48,10 +44,10 @@ def test_step_pieces_trace_without_graph_breaks():
 
 @pytest.mark.parametrize("extra", [{}, dict(small_crops=2, small_crop_size=16)], ids=["two-views", "multi-crop"])
 def test_compiled_step_matches_eager(tmp_path, monkeypatch, extra):
-    eager = train(_cfg(tmp_path / "eager", max_steps=3, **extra), log=lambda *_: None)
+    eager = train(resolved(TINY, tmp_path / "eager", max_steps=3, **extra), log=lambda *_: None)
     # inductor's first compile takes minutes on 2 cores; aot_eager traces the same fullgraph forward + backward
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    compiled = train(_cfg(tmp_path / "compiled", max_steps=3, compile=True, **extra), log=lambda *_: None)
+    compiled = train(resolved(TINY, tmp_path / "compiled", max_steps=3, compile=True, **extra), log=lambda *_: None)
     assert eager["steps"] == compiled["steps"] == 3
     a, b = _ckpt(tmp_path / "eager")["model"], _ckpt(tmp_path / "compiled")["model"]
     for name in a:
@@ -78,7 +74,7 @@ def test_accumulation_updates_key_encoder_and_queue_once_per_optimizer_step(tmp_
     monkeypatch.setattr(MoCo, "momentum_update", ema)
     monkeypatch.setattr(MoCo, "enqueue", enqueue)
     monkeypatch.setattr(MoCo, "forward", forward)
-    train(_cfg(tmp_path, accum_steps=3, max_steps=2), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, accum_steps=3, max_steps=2), log=lambda *_: None)
     assert calls["forwards"] == 6 and calls["ema"] == 2  # 3 micro-batches per optimizer step
     assert [k.shape[0] for k in calls["enqueued"]] == [3 * B, 3 * B]  # every micro-batch's keys, once
     state = _ckpt(tmp_path)
@@ -87,7 +83,7 @@ def test_accumulation_updates_key_encoder_and_queue_once_per_optimizer_step(tmp_
 
 
 def test_save_every_min_writes_mid_epoch_checkpoints(tmp_path):
-    train(_cfg(tmp_path, save_every_min=1e-9, max_steps=4, subset=2048), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, save_every_min=1e-9, max_steps=4, subset=2048), log=lambda *_: None)
     pos = _ckpt(tmp_path)["position"]
     assert (pos["epoch"], pos["samples"], pos["step"]) == (0, 4 * B, 4)
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]  # every write completed by rename
@@ -133,19 +129,19 @@ def test_second_run_on_a_locked_directory_is_refused(tmp_path):
     lock = RunLock(str(tmp_path))
     try:
         with pytest.raises(ConfigError, match=f"run directory {tmp_path} is in use by another run .pid {os.getpid()}"):
-            train(_cfg(tmp_path), log=lambda *_: None)
+            train(resolved(TINY, tmp_path), log=lambda *_: None)
     finally:
         lock.release()
     assert not (tmp_path / "last.pt").exists()
 
 
 def test_a_new_run_never_replaces_an_existing_one(tmp_path):
-    train(_cfg(tmp_path, max_steps=2), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, max_steps=2), log=lambda *_: None)
     before = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run .* --resume auto, .* --overwrite, or choose another"):
-        train(_cfg(tmp_path, max_steps=2), log=lambda *_: None)
+        train(resolved(TINY, tmp_path, max_steps=2), log=lambda *_: None)
     assert (tmp_path / "last.pt").read_bytes() == before
-    train(_cfg(tmp_path, max_steps=1, overwrite=True), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, max_steps=1, overwrite=True), log=lambda *_: None)
     assert _ckpt(tmp_path)["position"]["step"] == 1
 
 

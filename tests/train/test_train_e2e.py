@@ -6,21 +6,17 @@ import sys
 import pytest
 import torch
 
-from conftest import FMNIST_DIR, needs_fmnist
-from fastmoco.train import TrainConfig, TrainingDiverged, train
+from helpers import FMNIST_DIR, needs_fmnist, resolved, tiny
+from fastmoco.train import TrainingDiverged, train
 from fastmoco.runs.checkpoint import CheckpointError
 
 pytestmark = [needs_fmnist(), pytest.mark.slow]
-TINY = dict(data=FMNIST_DIR, subset=2048, batch_size=64, width=8, K=256, epochs=2, lr=0.06, progress=False,
-            threads=2)
+TINY = tiny(subset=2048, batch_size=64, width=8, K=256, epochs=2, knn_k=200)
 
-
-def _cfg(out, **kw):
-    return TrainConfig(**{**TINY, "out": str(out), **kw}).resolved()
 
 
 def test_two_epochs_loss_falls_and_outputs_written(tmp_path):
-    summary = train(_cfg(tmp_path, epochs=3, K=128), log=lambda *_: None)
+    summary = train(resolved(TINY, tmp_path, epochs=3, K=128), log=lambda *_: None)
     rows = open(tmp_path / "metrics.csv").read().strip().splitlines()
     assert len(rows) == 4  # header + one row per epoch
     losses = [float(r.split(",")[2]) for r in rows[1:]]
@@ -34,12 +30,12 @@ def test_two_epochs_loss_falls_and_outputs_written(tmp_path):
 @pytest.mark.parametrize("cut_at", [2048 // 64, 2048 // 64 + 5], ids=["epoch-end", "mid-epoch"])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, cut_at):
     full = tmp_path / "full"
-    train(_cfg(full), log=lambda *_: None)
+    train(resolved(TINY, full), log=lambda *_: None)
     cut = tmp_path / "cut"
-    train(_cfg(cut, max_steps=cut_at), log=lambda *_: None)
+    train(resolved(TINY, cut, max_steps=cut_at), log=lambda *_: None)
     pos = torch.load(cut / "last.pt", weights_only=False)["position"]
     assert (pos["epoch"], pos["samples"], pos["step"]) == divmod(cut_at, 32)[:1] + ((cut_at % 32) * 64, cut_at)
-    train(_cfg(cut, resume="auto"), log=lambda *_: None)
+    train(resolved(TINY, cut, resume="auto"), log=lambda *_: None)
     a = torch.load(full / "last.pt", weights_only=False)
     b = torch.load(cut / "last.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 2 and a["position"]["step"] == b["position"]["step"] == 64
@@ -58,7 +54,7 @@ NAN_STOPS = {"off": "loss became nan at epoch 2, step 33; stopped, last good",
 @pytest.mark.parametrize("guard", ["off", "on"])
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, guard):
     out = tmp_path / "nan"
-    train(_cfg(out, epochs=1), log=lambda *_: None)
+    train(resolved(TINY, out, epochs=1), log=lambda *_: None)
     good = (out / "last.pt").read_bytes()
     from fastmoco.models import MoCo
 
@@ -70,18 +66,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, gu
 
     monkeypatch.setattr(MoCo, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=NAN_STOPS[guard]):
-        train(_cfg(out, epochs=2, resume="auto", guard=guard), log=lambda *_: None)
+        train(resolved(TINY, out, epochs=2, resume="auto", guard=guard), log=lambda *_: None)
     assert (out / "last.pt").read_bytes() == good
 
 
 def test_corrupt_checkpoint_on_resume(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
-        train(_cfg(tmp_path, resume="auto"), log=lambda *_: None)
+        train(resolved(TINY, tmp_path, resume="auto"), log=lambda *_: None)
 
 
 def test_export_round_trip(tmp_path):
-    train(_cfg(tmp_path, epochs=1, subset=512), log=lambda *_: None)
+    train(resolved(TINY, tmp_path, epochs=1, subset=512), log=lambda *_: None)
     out = subprocess.run([sys.executable, "-m", "fastmoco.cli.export", str(tmp_path)], capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(tmp_path / "export" / "backbone.pt"), str(tmp_path / "export" / "features.pt2")]
@@ -91,7 +87,7 @@ def test_export_round_trip(tmp_path):
     from fastmoco.data.transforms import FMNIST_MEAN, FMNIST_STD
     from fastmoco.models import build_backbone
 
-    cfg = _cfg(tmp_path)
+    cfg = resolved(TINY, tmp_path)
     net = build_backbone(cfg.arch, cfg.width, cfg.stem, 1)
     net.load_state_dict(sd)
     net.eval()
