@@ -19,7 +19,9 @@ HELP = {
     "norm": "bn (trained, per process) | frozen (FrozenBatchNorm) | syncbn (torchrun on CUDA); default: syncbn "
             "under torchrun on CUDA, bn otherwise (the paper trains BN: MoCo's features have other scales)",
     "epochs": "training epochs", "batch_size": "images per step, over all processes",
-    "lr": "learning rate (default 0.02 x batch/16)", "momentum": "SGD momentum", "weight_decay": "weight decay",
+    "lr": "learning rate (default 0.02 x batch/16)",
+    "lr_decay": "layer-wise lr decay over a ViT backbone: block i of L trains at lr x d^(L-i), the patch "
+                "embedding at lr x d^(L+1), the pyramid and heads at lr (ViTDet fine-tunes with 0.7-0.8; 1 = off)", "momentum": "SGD momentum", "weight_decay": "weight decay",
     "warmup_iters": "linear warm-up steps", "train_json": "COCO annotations of the training images",
     "train_images": "folder of the training images", "val_json": "COCO annotations of the validation images",
     "val_images": "folder of the validation images",

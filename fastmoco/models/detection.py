@@ -164,3 +164,29 @@ def build_detector(resnet: WideResNet, stem: str, num_classes: int, kind: str = 
     if norm == "syncbn":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def lr_groups(model: nn.Module, decay: float = 1.0) -> list[dict]:
+    """The detector's trained parameters as optimizer groups, each with an ``lr_scale``. ``decay`` < 1 is
+    layer-wise lr decay over a ViT backbone (BEiT's, which ViTDet fine-tunes with): block i of L gets
+    decay^(L - i), the patch embedding and class token decay^(L + 1), the rest (the final norm, the pyramid, the
+    heads) 1. ``decay`` 1: one group. A ResNet backbone has no blocks to decay over: ValueError."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if decay == 1.0:
+        return [dict(params=[p for _, p in named], lr_scale=1.0)]
+    if not isinstance(model.backbone, SimplePyramid):
+        raise ValueError("layer-wise lr decay (--lr-decay) applies to ViT backbones (their blocks); this detector's "
+                         "backbone is a ResNet: leave --lr-decay at 1")
+    depth = len(model.backbone.body.blocks)
+    groups: dict[float, list] = {}
+    for name, p in named:
+        parts = name.split(".")
+        if parts[:2] != ["backbone", "body"] or parts[2] == "norm":
+            layer = depth + 1
+        elif parts[2] == "blocks":
+            layer = int(parts[3]) + 1
+        else:  # patch_embed, cls_token, pos_embed
+            layer = 0
+        groups.setdefault(decay ** (depth + 1 - layer), []).append(p)
+    return [dict(params=ps, lr_scale=scale) for scale, ps in sorted(groups.items())]
+

@@ -114,3 +114,60 @@ def test_two_processes_fine_tune_a_vit_detector(tmp_path):
     two = spawn(_vit_detect_worker, paths, str(tmp_path / "two"))
     assert set(two[0]["res"]) >= {"bbox_AP", "segm_AP"} and two[1]["res"] == {}
     assert any(k.startswith("backbone.body.blocks.") for k in two[0]["state"])
+
+
+def _vit_detector():
+    vit = build_backbone("vit_fmnist", 16, "small-s2", 1, 1)
+    return build_detector(vit, "small-s2", 5, image_size=32, mean=(0.5,), std=(0.25,), fpn_channels=16)
+
+
+def test_layer_wise_lr_decay_scales_each_block_by_its_depth():
+    from fastmoco.models.detection import lr_groups
+
+    det = _vit_detector()
+    scale = {id(p): g["lr_scale"] for g in lr_groups(det, 0.5) for p in g["params"]}
+    trained = [(n, p) for n, p in det.named_parameters() if p.requires_grad]
+    assert sorted(scale) == sorted(id(p) for _, p in trained)  # every trained parameter in exactly one group
+    depth = len(det.backbone.body.blocks)  # 4
+    for name, p in trained:
+        if name.startswith("backbone.body.blocks."):
+            i = int(name.split(".")[3])
+            assert scale[id(p)] == 0.5 ** (depth - i), name  # the last block 0.5, the first 0.5^4
+        elif name.startswith(("backbone.body.patch_embed", "backbone.body.cls_token")):
+            assert scale[id(p)] == 0.5 ** (depth + 1), name
+        else:  # the final norm, the pyramid, the RPN and RoI heads
+            assert scale[id(p)] == 1.0, name
+    assert [g["lr_scale"] for g in lr_groups(det, 1.0)] == [1.0]  # off: one group, as without the option
+
+
+def test_lr_decay_on_a_resnet_or_out_of_range_is_one_line(tmp_path):
+    paths = _tiny_set(str(tmp_path / "data"))
+    with pytest.raises(ConfigError, match="applies to ViT backbones"):
+        run_detect("random", _settings(paths, None, epochs=1, show=0, lr_decay=0.7), log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"--lr-decay must be in \(0, 1\]"):
+        run_detect("random", _settings(paths, None, epochs=1, show=0, lr_decay=0.0), log=lambda *_: None)
+    assert not os.path.exists(os.path.join(str(tmp_path), "detect-random", "last.pt"))
+
+
+def test_each_step_trains_every_group_at_its_scaled_lr(tmp_path, monkeypatch):
+    """A ViT fine-tuning with --lr-decay 0.5: at every step each group's lr is the schedule's lr times its scale
+    (the warm-up included), and the weights differ from the undecayed run's."""
+    paths = _tiny_set(str(tmp_path / "data"))
+    seen, step = [], torch.optim.SGD.step
+
+    def spy(opt, *a, **kw):
+        seen.append([(g["lr"], g["lr_scale"]) for g in opt.param_groups])
+        return step(opt, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    final = {}
+    for decay in (1.0, 0.5):
+        seen.clear()
+        out = str(tmp_path / f"d{decay}")
+        run_detect("random", _settings(paths, out, epochs=1, show=0, arch="vit_fmnist", lr_decay=decay),
+                   log=lambda *_: None)
+        final[decay] = torch.load(os.path.join(out, "last.pt"), weights_only=True)["model"]
+        assert seen and all(len({lr / scale for lr, scale in groups}) == 1 for groups in seen)
+        assert {scale for _, scale in seen[0]} == ({1.0} if decay == 1.0 else {0.5 ** k for k in range(6)})
+    patch = "backbone.body.patch_embed.proj.weight"
+    assert not torch.allclose(final[1.0][patch], final[0.5][patch])

@@ -8,15 +8,15 @@ any checkpoint takes the same steps as the uninterrupted one. Process 0 writes `
 ``OUT/predictions.png``.
 """
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 from tqdm import tqdm
 
-from fastmoco.errors import DataError
+from fastmoco.errors import ConfigError, DataError
 from fastmoco.models import DETECTORS, build_detector
+from fastmoco.models.detection import lr_groups
 from fastmoco.runs import checkpoint as ckpt_io
-from fastmoco.errors import ConfigError
 
 from .coco import CocoSet, hflip
 from .cocoeval import coco_ap, to_coco_results
@@ -148,7 +148,8 @@ def _resume(path: str, s: DetectSettings, model, opt, described: str) -> tuple[i
     """(iteration, metrics, epoch loss so far) of the fine-tuning checkpoint ``path``, its tensors loaded."""
     state = ckpt_io.load(path)
     theirs = state["settings"]
-    differ = [k for k in FIXED_ON_RESUME if theirs.get(k) != getattr(s, k)]
+    defaults = {f.name: f.default for f in fields(DetectSettings)}  # what a checkpoint older than a setting ran
+    differ = [k for k in FIXED_ON_RESUME if theirs.get(k, defaults[k]) != getattr(s, k)]
     if differ or state.get("source") != described:
         what = "; ".join(f"{k} {theirs.get(k)!r} there, {getattr(s, k)!r} now" for k in differ) or \
             f"backbone {state.get('source')!r} there, {described!r} now"
@@ -186,8 +187,11 @@ class _Run:
         heads = SMALL_HEADS if self.size <= SMALL_IMAGE else {}
         self.model = build_detector(backbone.resnet, backbone.stem, len(self.train_ds.cat_ids), s.model,
                                     self.norm(s, pg), self.size, mean, std, s.fpn_channels, **heads).to(pg.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        try:
+            groups = lr_groups(self.model, s.lr_decay)  # one group, or one per layer-wise lr scale (ViTs)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.opt = torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
         self.described, self.mean, self.std = backbone.described, mean, std
         self.steps_per_epoch = len(self.train_ds) // s.batch_size
         self.total = s.epochs * self.steps_per_epoch
@@ -240,8 +244,9 @@ def _train_epoch(run: _Run, epoch: int, out: str, bar) -> float:
                                          num_workers=s.workers, collate_fn=_collate)
     total, count = run.epoch_loss if first else (0.0, 0)
     for images, targets in loader:
-        for group in run.opt.param_groups:
-            group["lr"] = s.base_lr * lr_factor(run.iteration, run.total, s.warmup_iters)
+        lr = s.base_lr * lr_factor(run.iteration, run.total, s.warmup_iters)
+        for group in run.opt.param_groups:  # a checkpoint from before --lr-decay has no lr_scale: 1
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         torch.manual_seed(s.seed * 1_000_003 + run.iteration)  # the RPN's and RoI heads' sampling
         images = [im.to(pg.device) for im in images]
         targets = [{k: v.to(pg.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]

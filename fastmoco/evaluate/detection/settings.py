@@ -15,7 +15,7 @@ SMALL_IMAGE = 256
 SMALL_HEADS = dict(rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500, rpn_pre_nms_top_n_test=500,
                    rpn_post_nms_top_n_test=300, box_batch_size_per_image=64, box_detections_per_img=50)
 # settings a resumed run must share with the checkpoint (the rest, e.g. workers or progress, may change)
-FIXED_ON_RESUME = ("model", "norm", "epochs", "batch_size", "lr", "warmup_iters", "train_json", "val_json",
+FIXED_ON_RESUME = ("model", "norm", "epochs", "batch_size", "lr", "lr_decay", "warmup_iters", "train_json", "val_json",
                    "image_size", "fpn_channels", "seed", "arch", "width", "stem", "in_channels", "mean", "std")
 
 
@@ -29,6 +29,7 @@ class DetectSettings:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 100  # linear warm-up from lr / 1000
+    lr_decay: float = 1.0  # layer-wise lr decay over a ViT backbone's blocks (1 = off)
     train_json: str | None = None  # None (all four): the embedded Fashion-MNIST scenes
     train_images: str | None = None
     val_json: str | None = None
@@ -70,6 +71,8 @@ class DetectSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay must be in (0, 1] (1 = off), got {self.lr_decay}")
         data = [self.train_json, self.train_images, self.val_json, self.val_images]
         if any(d is not None for d in data) and None in data:
             raise ConfigError("give all four of --train-json, --train-images, --val-json, --val-images (or none: "
