@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 
 from fastmoco.data import build_data
+from fastmoco.runs.config import FMNIST_DIR
 from fastmoco.train import TrainConfig, train
-
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def make_folder(root: str, n: int, lo: int, hi: int, seed: int = 0) -> str:
