@@ -7,12 +7,13 @@ import pytest
 
 from conftest import device_under_test
 from e2e import SYNTHETIC, Phases, config, fastmoco_runner, official_config, phase_runner
+from fastmoco.runs.config import FMNIST_DIR
 
 DEV = device_under_test()
 if DEV.type == "cuda":  # ResNet-50 at 224 px on random images: no dataset needed on a GPU machine
     SYNTHETIC.update(n=2048, side=256)
 STEPS = 10  # steps per round: ~2.5 s (fastmoco) and ~7 s (official-style) on the 2-core CPU
-FMNIST = "/usr/share/datasets/fashion-mnist"
+FMNIST = FMNIST_DIR
 
 
 class _Args:
