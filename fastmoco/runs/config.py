@@ -53,11 +53,11 @@ def _listing(notes: dict) -> str:
     return " | ".join(f"{name} ({note})" if note else name for name, note in notes.items())
 
 
-def _by_preset(name: str, method: str | None = None) -> str:
-    """'(preset: 9 v1, v2, fmnist; 100 v3)': a field's value in each preset (of ``method``), for --help."""
+def _by_preset(name: str, of: str | None = None) -> str:
+    """'(preset: 9 v1, v2, fmnist; 100 v3)': a field's value in each preset (of the method ``of``), for --help."""
     groups: dict = {}
     for preset, values in PRESETS.items():
-        if method in (None, values["method"]):
+        if of in (None, values["method"]):
             groups.setdefault(values[name], []).append(preset)
     shown = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"  # noqa: E731
     return "(preset: " + "; ".join(f"{shown(v)} {', '.join(ps)}" for v, ps in groups.items()) + ")"
