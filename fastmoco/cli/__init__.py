@@ -78,6 +78,9 @@ def _import_torch_whole() -> None:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         import torch  # noqa: F401
+
+        # the settings and their registries: models, data (DALI, a native library too), the ops' extension
+        import fastmoco.runs.config  # noqa: F401
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
