@@ -72,7 +72,8 @@ def _say(line: str) -> None:
 
 
 def _import_torch_whole() -> None:
-    """torch imported with SIGINT held back: a Ctrl-C that lands inside torch's native initialisation can abort
+    """torch and the settings' registries (models, data with DALI, the ops' extension) imported with SIGINT held
+    back: a Ctrl-C that lands inside torch's native initialisation can abort
     the process (a C++ exception through pybind11, exit -6) or kill it by the signal (-2) instead of raising
     KeyboardInterrupt. Held back, it is delivered when the import is done, as a KeyboardInterrupt."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

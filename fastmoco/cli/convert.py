@@ -20,7 +20,7 @@ def _convert(argv):
     from fastmoco.models.shape import describe
 
     p = ArgumentParser(prog="fastmoco-convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="official MoCo checkpoint -> fastmoco run directory (or backbone .pt/.pth)")
     imp.add_argument("checkpoint")

@@ -21,7 +21,8 @@ HELP = {
     "epochs": "training epochs", "batch_size": "images per step, over all processes",
     "lr": "learning rate (default 0.02 x batch/16)",
     "lr_decay": "layer-wise lr decay over a ViT backbone: block i of L trains at lr x d^(L-i), the patch "
-                "embedding at lr x d^(L+1), the pyramid and heads at lr (ViTDet fine-tunes with 0.7-0.8; 1 = off)", "momentum": "SGD momentum", "weight_decay": "weight decay",
+                "embedding at lr x d^(L+1), the pyramid and heads at lr (ViTDet fine-tunes with 0.7-0.8; 1 = off)",
+    "momentum": "SGD momentum", "weight_decay": "weight decay",
     "warmup_iters": "linear warm-up steps", "train_json": "COCO annotations of the training images",
     "train_images": "folder of the training images", "val_json": "COCO annotations of the validation images",
     "val_images": "folder of the validation images",
@@ -45,7 +46,7 @@ def _detect(argv):
     from fastmoco.evaluate.detection.settings import CHOICES
 
     p = ArgumentParser(prog="fastmoco-detect", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="a fastmoco run directory, a ResNet state_dict file, or 'random'")
     add_fields(p, DetectSettings, CHOICES, help=HELP)
     args = vars(p.parse_args(argv))

@@ -32,7 +32,7 @@ def _lincls(argv):
     from fastmoco.evaluate.lincls import PROTOCOL_CHOICES, LinclsSettings, run_lincls
 
     p = ArgumentParser(prog="fastmoco-lincls", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a fastmoco run directory (trained or imported) or a checkpoint file")
     add_fields(p, LinclsSettings, {"protocol": PROTOCOL_CHOICES}, help=HELP)
     args = vars(p.parse_args(argv))

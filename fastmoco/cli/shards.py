@@ -27,7 +27,7 @@ def _shards(argv):
     from fastmoco.data.shards import convert
 
     p = ArgumentParser(prog="fastmoco-shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="ImageFolder root (SRC/CLASS/IMAGE) or a text file of image paths")
     p.add_argument("out", help="folder for the shards, their indexes and manifest.json")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard, at most")

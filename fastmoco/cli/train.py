@@ -14,8 +14,8 @@ def build_parser(prog: str = "fastmoco-train") -> argparse.ArgumentParser:
     from fastmoco.runs.config import CHOICES, TrainConfig
 
     p = ArgumentParser(prog=prog, description="Train MoCo v1/v2 or v3 (default: v2 on Fashion-MNIST, "
-                                "CPU-sized).",
-                                argument_default=argparse.SUPPRESS)
+                       "CPU-sized).",
+                       argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     add_fields(p, TrainConfig, CHOICES, keep_unset=True)
     return p

@@ -51,7 +51,7 @@ def check_method_args(m: float, T: float, ops_impl: str) -> None:
 
 @register
 class MoCo(Method):
-    name = "queue"  # MoCo v1/v2: negatives from a queue of earlier keys
+    name = "queue"
     about = "MoCo v1/v2: negatives from a queue of earlier keys"
     presets = {
         "v1": dict(_QUEUE, head="linear", T=0.07, m=0.999, aug="v1", schedule="step", crop_min_scale=0.2,

@@ -54,7 +54,7 @@ _V3 = dict(head="bn-mlp", dim=256, mlp_dim=4096, m=0.99, m_schedule="cosine", au
 
 @register
 class MoCoV3(Method):
-    name = "v3"  # in-batch negatives and a predictor, no queue
+    name = "v3"
     about = "negatives from the global batch, a predictor, no queue"
     presets = {
         "v3": dict(_V3, epochs=100, T=1.0, crop_min_scale=0.2, jitter=0.4, erase_p=0.0, image_size=0, lr=0.6,

@@ -16,7 +16,7 @@ from fastmoco import ops
 from fastmoco.data import LOADERS
 from fastmoco.data.transforms import AUGS
 from fastmoco.errors import ConfigError
-from fastmoco.models import ARCHS, METHODS, STEMS, VITS, preset_table
+from fastmoco.models import ARCHS, METHODS, STEMS, VITS, known_arch, preset_table
 from fastmoco.models.backbones import STEM_NOTES
 from fastmoco.models.moco import QUEUE_K
 
@@ -238,8 +238,6 @@ class TrainConfig:
         return self.lr * self.global_batch(world_size) / self.lr_ref_batch
 
     def validate(self) -> None:
-        from fastmoco.models import ARCHS, VITS, known_arch
-
         def need(ok: bool, msg: str):
             if not ok:
                 raise ConfigError(msg)

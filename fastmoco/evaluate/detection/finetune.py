@@ -151,7 +151,7 @@ def _resume(path: str, s: DetectSettings, model, opt, described: str) -> tuple[i
     defaults = {f.name: f.default for f in fields(DetectSettings)}  # what a checkpoint older than a setting ran
     differ = [k for k in FIXED_ON_RESUME if theirs.get(k, defaults[k]) != getattr(s, k)]
     if differ or state.get("source") != described:
-        what = "; ".join(f"{k} {theirs.get(k)!r} there, {getattr(s, k)!r} now" for k in differ) or \
+        what = "; ".join(f"{k} {theirs.get(k, defaults[k])!r} there, {getattr(s, k)!r} now" for k in differ) or \
             f"backbone {state.get('source')!r} there, {described!r} now"
         raise ConfigError(f"{path} is a {theirs.get('model')} fine-tuning run with other settings ({what}); pass "
                           "another --out, or --resume never to start over")
