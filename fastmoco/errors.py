@@ -30,3 +30,10 @@ class ConvertError(FastmocoError, ValueError):
 
 class TrainingDiverged(FastmocoError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_choice(name: str, value, allowed, optional: bool = False) -> None:
+    """The one refusal of a value outside its fixed set: ``unknown NAME VALUE; choose one of [...]``.
+    ``optional``: None is allowed too (a setting filled in later)."""
+    if not (value in allowed or (optional and value is None)):
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {list(allowed)}")

@@ -199,7 +199,7 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
     from fastmoco.data.fmnist import is_fmnist_dir
     from fastmoco.runs import checkpoint as ckpt_io
     from fastmoco.runs import distributed
-    from fastmoco.errors import ConfigError
+    from fastmoco.errors import ConfigError, check_choice
     from fastmoco.runs.config import check_finite
     from fastmoco.runs.read import backbone_from, describe_checkpoint, read_run
 
@@ -215,8 +215,7 @@ def run_lincls(run_dir: str, s: LinclsSettings, log=print) -> dict:
         raise ConfigError(f"{run_dir} holds imported weights without a dataset: pass --data (and --val)")
     val = s.val if s.val is not None else cfg.val
     name = s.protocol or ("fast" if is_fmnist_dir(data) else "official")
-    if name not in PROTOCOL_CHOICES:
-        raise ConfigError(f"unknown protocol {name!r}; choose one of {list(PROTOCOL_CHOICES)}")
+    check_choice("protocol", name, PROTOCOL_CHOICES)
     if name == "official":
         name = official_for(cfg)
     proto = PROTOCOLS[name]

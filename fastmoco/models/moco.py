@@ -40,13 +40,14 @@ _QUEUE = dict(epochs=9, dim=128, mlp_dim=4096, proj_layers=2, pred_last_bn=False
               optimizer="sgd", lr=0.06, lr_ref_batch=0, weight_decay=5e-4, warmup_epochs=0.0)
 
 
-def check_method_args(m: float, T: float, ops_impl: str) -> None:
-    """The arguments every method takes: key momentum, temperature, which ops run."""
+def check_method_args(m: float, T: float, ops_impl: str):
+    """The arguments every method takes (key momentum, temperature, which ops run), checked; returns the ops
+    implementation picked (``fastmoco.ops.implementation``)."""
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum m must be in [0, 1], got {m}")
     if T <= 0:
         raise ValueError(f"temperature T must be > 0, got {T}")
-    ops.implementation(ops_impl)  # one of ops.IMPLEMENTATIONS, else ValueError
+    return ops.implementation(ops_impl)  # one of ops.IMPLEMENTATIONS, else ValueError
 
 
 @register
@@ -96,9 +97,8 @@ class MoCo(Method):
         super().__init__()
         if K < 1:
             raise ValueError(f"queue size K must be >= 1, got {K}")
-        check_method_args(m, T, ops_impl)
+        self.ops = check_method_args(m, T, ops_impl)
         self.K, self.m, self.T, self.symmetric, self.ops_impl = K, m, T, symmetric, ops_impl
-        self.ops = ops.implementation(ops_impl)
         self.query_views = 2 if symmetric else 1  # both views are queries when symmetric
         self.bn_buffers_ema = bn_buffers_ema
         self.encoder_q = nn.Sequential()

@@ -38,7 +38,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fastmoco import ops
 from fastmoco.ops.ema import ema_pairs
 
 from .backbones import build_backbone
@@ -127,9 +126,8 @@ class MoCoV3(Method):
                  m: float = 0.99, proj_layers: int = 2, pred_layers: int = 2, pred_last_bn: bool = False,
                  ops_impl: str = "fused", bn_buffers_ema: bool = False):
         super().__init__()
-        check_method_args(m, T, ops_impl)
+        self.ops = check_method_args(m, T, ops_impl)
         self.m, self.T, self.ops_impl, self.bn_buffers_ema = m, T, ops_impl, bn_buffers_ema
-        self.ops = ops.implementation(ops_impl)
         # encoder_q is the original's base encoder: the backbone with the projector as its head
         self.encoder_q = nn.Sequential()
         self.encoder_q.add_module("backbone", backbone)

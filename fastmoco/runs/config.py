@@ -15,7 +15,7 @@ import yaml
 from fastmoco import ops
 from fastmoco.data import LOADERS
 from fastmoco.data.transforms import AUGS
-from fastmoco.errors import ConfigError
+from fastmoco.errors import ConfigError, check_choice
 from fastmoco.models import ARCHS, METHODS, STEMS, VITS, known_arch, preset_table
 from fastmoco.models.backbones import STEM_NOTES
 from fastmoco.models.moco import QUEUE_K
@@ -198,12 +198,10 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """The preset's values filled in and every value checked (device-dependent fields may stay None)."""
         _check_types(self)
-        if self.method is not None and self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        check_choice("method", self.method, METHODS, optional=True)
         method = METHODS[self.method or "queue"]
         preset = self.preset or method.default_preset(self.arch)
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        check_choice("preset", preset, sorted(PRESETS))
         if self.method is not None and PRESETS[preset]["method"] != self.method:
             raise ConfigError(f"preset {preset} is a recipe of method {PRESETS[preset]['method']}, not "
                               f"{self.method}; pick a {self.method} preset ({', '.join(method.presets)})")
@@ -243,9 +241,7 @@ class TrainConfig:
                 raise ConfigError(msg)
 
         for name, allowed in CHOICES.items():  # loader None: chosen by the data
-            value = getattr(self, name)
-            need(value in allowed or (name == "loader" and value is None),
-                 f"unknown {name} {value!r}; choose one of {list(allowed)}")
+            check_choice(name, getattr(self, name), allowed, optional=name == "loader")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.shard_shuffle >= 1, f"shard_shuffle must be >= 1, got {self.shard_shuffle}")
         need(self.K >= 1, f"K (queue size) must be >= 1, got {self.K}")

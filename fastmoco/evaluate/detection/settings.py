@@ -3,7 +3,7 @@ import math
 from dataclasses import dataclass, fields
 
 from fastmoco.models import ARCHS, DETECTORS, NORMS, STEMS, VITS
-from fastmoco.errors import ConfigError
+from fastmoco.errors import ConfigError, check_choice
 from fastmoco.runs.config import check_finite
 
 RESUME_CHOICES = ("auto", "never")
@@ -56,9 +56,7 @@ class DetectSettings:
         for f in fields(self):
             check_finite(f.name, getattr(self, f.name))
         for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
+            check_choice(name, getattr(self, name), allowed, optional=True)
         if self.epochs < 1 or self.batch_size < 1 or (self.lr is not None and self.lr <= 0):
             raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, "
                               f"{self.lr}")

@@ -7,7 +7,7 @@ vit_base, vit_fmnist) the simple feature pyramid; other timm models are refused.
 import os
 from dataclasses import dataclass
 
-from fastmoco.errors import ConfigError, DataError
+from fastmoco.errors import ConfigError, DataError, check_choice
 from fastmoco.models import ARCHS, STEMS, VITS, WideResNet, build_backbone, load_exactly
 
 RANDOM = "random"
@@ -95,8 +95,7 @@ def load_source(source: str, arch: str, width: int, stem: str | None, in_channel
                             f"random init: {arch}")
         if arch not in ARCHS:
             raise _not_wrappable(repr(arch), "random")
-        if stem is not None and stem not in STEMS:
-            raise ConfigError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        check_choice("stem", stem, STEMS, optional=True)
         stem = stem or "small-s2"
         return Backbone(WideResNet(arch, width, stem, in_channels), stem, in_channels, None, None,
                         f"random init: {arch} width {width} stem {stem}")
