@@ -17,8 +17,11 @@ from fastmoco.cli.train import config_from_args
                                        ("python -m fastmoco.train", 0.5)])
 def test_ctrl_c_in_the_first_seconds_is_one_line(tmp_path, delay, how):
     cmd = ["fastmoco-train"] if how == "fastmoco-train" else [sys.executable, "-m", "fastmoco.train"]
+    # SIGINT back to its default in the child: a runner started in the background (`nohup make test &`) passes
+    # SIGINT on ignored, and a Python that starts with SIGINT ignored never raises KeyboardInterrupt
     proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "run"), "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)  # importing torch, reading the data, building the model: before the first step
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
