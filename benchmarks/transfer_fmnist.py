@@ -137,7 +137,7 @@ def main() -> int:
                            "--seed", str(seed), "--epochs", str(args.epochs), "--norm", norm,
                            "--eval-every", str(args.epochs), *extra, *data, *args.detect_args])  # scored at the end
                 row = dict(init=init, norm=norm, seed=seed, wall_s=round(wall, 1), held_out=args.held_out,
-                           **last_metrics(out))
+                           detect_args=" ".join(args.detect_args), **last_metrics(out))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 with open(os.path.join(args.out, "results.json"), "w") as fh:
@@ -152,10 +152,15 @@ def _mean_sd(xs):
 
 
 def groups(rows):
+    """Rows by (init, norm, extra fastmoco-detect arguments): runs at another image size never share a mean."""
     out = {}
     for r in rows:
-        out.setdefault((r["init"], r["norm"]), []).append(r)
+        out.setdefault((r["init"], r["norm"], r.get("detect_args", "")), []).append(r)
     return out
+
+
+def _name(init, extra) -> str:
+    return f"{init} {extra}" if extra else init
 
 
 def table(rows) -> None:
@@ -164,9 +169,10 @@ def table(rows) -> None:
           f"seeds {seeds}\n")
     print("| init | norm | seeds | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | wall per run |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (init, norm), rs in groups(rows).items():
+    for (init, norm, extra), rs in groups(rows).items():
         cells = " | ".join(_mean_sd([r[k] for r in rs]) for k in KEYS)
-        print(f"| {init} | {norm} | {len(rs)} | {cells} | {statistics.mean(r['wall_s'] for r in rs):.0f} s |")
+        wall = statistics.mean(r["wall_s"] for r in rs)
+        print(f"| {_name(init, extra)} | {norm} | {len(rs)} | {cells} | {wall:.0f} s |")
 
 
 def plot(rows, path: str) -> None:
@@ -176,7 +182,7 @@ def plot(rows, path: str) -> None:
     import matplotlib.pyplot as plt
 
     g = groups(rows)
-    names = [f"{i}\n({n})" for i, n in g]
+    names = [_name(i, x).replace(" ", "\n", 1) + f"\n({n})" for i, n, x in g]  # extra arguments on a line of their own
     fig, ax = plt.subplots(figsize=(1.6 * len(g) + 2, 3.6))
     for k, (key, label) in enumerate((("bbox_AP", "box AP"), ("segm_AP", "mask AP"))):
         means = [statistics.mean(r[key] for r in rs) for rs in g.values()]
@@ -184,7 +190,8 @@ def plot(rows, path: str) -> None:
         ax.bar([i + 0.38 * k for i in range(len(g))], means, 0.36, yerr=sds, capsize=3, label=label)
     ax.set_xticks([i + 0.19 for i in range(len(g))], names)
     ax.set_ylabel("COCO AP (%)")
-    ax.set_title("Mask R-CNN on Fashion-MNIST scenes: " + " vs ".join(dict.fromkeys(i for i, _ in g)))  # the inits drawn
+    inits = dict.fromkeys(i for i, _, _ in g)  # the inits drawn, once each
+    ax.set_title("Mask R-CNN on Fashion-MNIST scenes: " + " vs ".join(inits))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
