@@ -151,28 +151,29 @@ def _mean_sd(xs):
     return f"{statistics.mean(xs):.2f}" + (f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
 
 
+def _setting(r) -> str:
+    """What a fine-tuning ran with beyond its init and norm: its epochs and any extra fastmoco-detect arguments."""
+    return " ".join(filter(None, [f"{int(r['epoch'])} ep", r.get("detect_args", "")]))
+
+
 def groups(rows):
-    """Rows by (init, norm, extra fastmoco-detect arguments): runs at another image size never share a mean."""
+    """Rows by (init, norm, setting): a longer schedule or another image size never shares a mean."""
     out = {}
     for r in rows:
-        out.setdefault((r["init"], r["norm"], r.get("detect_args", "")), []).append(r)
+        out.setdefault((r["init"], r["norm"], _setting(r)), []).append(r)
     return out
-
-
-def _name(init, extra) -> str:
-    return f"{init} {extra}" if extra else init
 
 
 def table(rows) -> None:
     seeds = sorted({r["seed"] for r in rows})
-    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; {int(rows[0]['epoch'])} epochs per fine-tuning, "
-          f"seeds {seeds}\n")
-    print("| init | norm | seeds | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 | wall per run |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (init, norm, extra), rs in groups(rows).items():
+    print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; seeds {seeds}\n")
+    print("| init | fine-tuning | norm | seeds | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 "
+          "| wall per run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (init, norm, setting), rs in groups(rows).items():
         cells = " | ".join(_mean_sd([r[k] for r in rs]) for k in KEYS)
         wall = statistics.mean(r["wall_s"] for r in rs)
-        print(f"| {_name(init, extra)} | {norm} | {len(rs)} | {cells} | {wall:.0f} s |")
+        print(f"| {init} | {setting} | {norm} | {len(rs)} | {cells} | {wall:.0f} s |")
 
 
 def plot(rows, path: str) -> None:
@@ -182,7 +183,7 @@ def plot(rows, path: str) -> None:
     import matplotlib.pyplot as plt
 
     g = groups(rows)
-    names = [_name(i, x).replace(" ", "\n", 1) + f"\n({n})" for i, n, x in g]  # extra arguments on a line of their own
+    names = [f"{i}\n{x}\n({n})".replace(" --", "\n--") for i, n, x in g]  # an option a line: the labels stay narrow
     fig, ax = plt.subplots(figsize=(1.6 * len(g) + 2, 3.6))
     for k, (key, label) in enumerate((("bbox_AP", "box AP"), ("segm_AP", "mask AP"))):
         means = [statistics.mean(r[key] for r in rs) for rs in g.values()]
@@ -192,7 +193,7 @@ def plot(rows, path: str) -> None:
     ax.set_ylabel("COCO AP (%)")
     inits = dict.fromkeys(i for i, _, _ in g)  # the inits drawn, once each
     ax.set_title("Mask R-CNN on Fashion-MNIST scenes: " + " vs ".join(inits))
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))  # beside the axes: inside, it hid the tallest bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
