@@ -183,7 +183,8 @@ def plot(rows, path: str) -> None:
     import matplotlib.pyplot as plt
 
     g = groups(rows)
-    names = [f"{i}\n{x}\n({n})".replace(" --", "\n--") for i, n, x in g]  # an option a line: the labels stay narrow
+    names = [f"{i}\n{x}\n({n}, {len(rs)} seed{'s' * (len(rs) > 1)})".replace(" --", "\n--")  # an option a line
+             for (i, n, x), rs in g.items()]
     fig, ax = plt.subplots(figsize=(1.6 * len(g) + 2, 3.6))
     for k, (key, label) in enumerate((("bbox_AP", "box AP"), ("segm_AP", "mask AP"))):
         means = [statistics.mean(r[key] for r in rs) for rs in g.values()]
